@@ -1,0 +1,208 @@
+//! Where model files come from: a local directory, or a Hugging Face Hub repository resolved
+//! through hf-hub's standard cache (`HF_HOME`, `~/.cache/huggingface/hub`).
+//!
+//! A file already in the cache is used without any request, `HF_HUB_OFFLINE=1` never touches
+//! the network, and `HF_ENDPOINT` points the client elsewhere (tests serve a fake hub on
+//! loopback). Every failure is one line that names the source, the file and the way out.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+/// Why a model file could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("`{0}` is neither a directory nor a hub repo id (owner/name[@revision])")]
+    InvalidSource(String),
+    #[error("{dir} has no `{file}`")]
+    MissingLocalFile { dir: PathBuf, file: String },
+    #[error(
+        "`{file}` of hub repo `{repo}` is not in the cache and HF_HUB_OFFLINE is set; \
+         unset it to download, or pass --model /path/to/a/local/directory"
+    )]
+    NotCached { repo: String, file: String },
+    #[error(
+        "cannot download `{file}` from hub repo `{repo}`: {reason}; \
+         pass --model /path/to/a/local/directory to use local weights"
+    )]
+    Download {
+        repo: String,
+        file: String,
+        reason: String,
+    },
+}
+
+/// A `--model` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A directory used as it is.
+    Local(PathBuf),
+    /// A hub repository, at a revision (a branch, tag or commit; `main` when absent).
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
+}
+
+impl FromStr for ModelSource {
+    type Err = HubError;
+
+    /// An existing directory wins; otherwise the value must look like `owner/name[@revision]`.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let path = Path::new(value);
+        if path.is_dir() {
+            return Ok(Self::Local(path.to_path_buf()));
+        }
+        let (repo, revision) = match value.split_once('@') {
+            Some((repo, revision)) => (repo, Some(revision.to_string())),
+            None => (value, None),
+        };
+        let valid_part = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        match repo.split_once('/') {
+            Some((owner, name))
+                if valid_part(owner)
+                    && valid_part(name)
+                    && revision.as_deref().is_none_or(|r| !r.is_empty()) =>
+            {
+                Ok(Self::Hub {
+                    repo: repo.to_string(),
+                    revision,
+                })
+            }
+            _ => Err(HubError::InvalidSource(value.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(dir) => write!(f, "{}", dir.display()),
+            Self::Hub {
+                repo,
+                revision: Some(revision),
+            } => write!(f, "{repo}@{revision}"),
+            Self::Hub {
+                repo,
+                revision: None,
+            } => write!(f, "{repo}"),
+        }
+    }
+}
+
+impl ModelSource {
+    /// The local path of `file`, downloading it into the cache when needed and allowed.
+    pub fn fetch(&self, file: &str) -> Result<PathBuf, HubError> {
+        match self {
+            Self::Local(dir) => {
+                let path = dir.join(file);
+                if path.is_file() {
+                    Ok(path)
+                } else {
+                    Err(HubError::MissingLocalFile {
+                        dir: dir.clone(),
+                        file: file.to_string(),
+                    })
+                }
+            }
+            Self::Hub { repo, revision } => {
+                let hub_repo = match revision {
+                    Some(revision) => {
+                        Repo::with_revision(repo.clone(), RepoType::Model, revision.clone())
+                    }
+                    None => Repo::new(repo.clone(), RepoType::Model),
+                };
+                if offline() {
+                    return Cache::from_env().repo(hub_repo).get(file).ok_or_else(|| {
+                        HubError::NotCached {
+                            repo: self.to_string(),
+                            file: file.to_string(),
+                        }
+                    });
+                }
+                let download_error = |reason: String| HubError::Download {
+                    repo: self.to_string(),
+                    file: file.to_string(),
+                    reason,
+                };
+                let api = ApiBuilder::from_env()
+                    .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .build()
+                    .map_err(|e| download_error(e.to_string()))?;
+                api.repo(hub_repo)
+                    .get(file)
+                    .map_err(|e| download_error(e.to_string()))
+            }
+        }
+    }
+}
+
+/// `HF_HUB_OFFLINE` set to a true value, as huggingface_hub reads it.
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_repo_ids_and_revisions() {
+        assert_eq!(
+            "timm/mobilenetv2_100.ra_in1k"
+                .parse::<ModelSource>()
+                .unwrap(),
+            ModelSource::Hub {
+                repo: "timm/mobilenetv2_100.ra_in1k".into(),
+                revision: None
+            }
+        );
+        assert_eq!(
+            "owner/name@v1.0".parse::<ModelSource>().unwrap(),
+            ModelSource::Hub {
+                repo: "owner/name".into(),
+                revision: Some("v1.0".into())
+            }
+        );
+        for bad in [
+            "no-slash",
+            "/abs/missing/dir",
+            "./rel/missing",
+            "a/b/c",
+            "owner/name@",
+            "own er/x",
+        ] {
+            assert!(
+                bad.parse::<ModelSource>().is_err(),
+                "{bad} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn existing_directory_is_local() {
+        let dir = std::env::temp_dir();
+        let source: ModelSource = dir.to_str().unwrap().parse().unwrap();
+        assert_eq!(source, ModelSource::Local(dir.clone()));
+        let err = source.fetch("surely-not-here.safetensors").unwrap_err();
+        assert!(
+            err.to_string().contains("surely-not-here.safetensors"),
+            "{err}"
+        );
+    }
+}

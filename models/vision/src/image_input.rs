@@ -1,0 +1,190 @@
+//! Image intake: bytes in any supported format to the normalised NHWC pixels the network reads.
+//!
+//! The format is sniffed from the bytes, never taken from a file name or a content type. The
+//! header is read first and the pixel count checked against the limit before anything is
+//! decoded, so a small file that claims to be 50000x50000 costs nothing. EXIF orientation is
+//! applied; grey, alpha and 16-bit images become 8-bit RGB (alpha dropped, as PIL's
+//! `convert("RGB")`). Resize, crop and normalisation follow timm's evaluation transform.
+
+use std::io::Cursor;
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::config::Preprocessing;
+use crate::VisionError;
+
+/// Limits checked before decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest width x height accepted.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+/// Decodes an image (JPEG, PNG, WebP, GIF's first frame, BMP, TIFF) into upright 8-bit RGB.
+pub fn decode_image(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, VisionError> {
+    let undecodable = |e: &dyn std::fmt::Display| VisionError::Undecodable(e.to_string());
+    if bytes.is_empty() {
+        return Err(VisionError::Undecodable(
+            "the image is empty (0 bytes)".into(),
+        ));
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| undecodable(&e))?;
+    if reader.format().is_none() {
+        return Err(VisionError::Undecodable(
+            "unrecognised format (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)".into(),
+        ));
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| undecodable(&e))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(VisionError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
+    }
+    if pixels == 0 {
+        return Err(VisionError::Undecodable(format!(
+            "the image is {width}x{height}"
+        )));
+    }
+    let orientation = decoder.orientation().map_err(|e| undecodable(&e))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| undecodable(&e))?;
+    image.apply_orientation(orientation);
+    Ok(match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+impl Preprocessing {
+    /// The network's input for one image: (height, width, 3) normalised values, row-major.
+    pub fn apply(&self, image: &RgbImage) -> Vec<f32> {
+        let [_, out_h, out_w] = self.input_size;
+        let filter = match self.interpolation.as_str() {
+            "bilinear" => FilterType::Triangle,
+            "nearest" => FilterType::Nearest,
+            _ => FilterType::CatmullRom,
+        };
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        let (resize_w, resize_h) = if self.crop_mode == "squash" {
+            (out_w, out_h)
+        } else {
+            // timm: scale = floor(size / crop_pct); torchvision's Resize(int) sets the shorter
+            // side to it and the longer side to int(scale * long / short).
+            let scale = (out_h.min(out_w) as f64 / self.crop_pct).floor() as usize;
+            if w <= h {
+                (scale, (scale as f64 * h as f64 / w as f64) as usize)
+            } else {
+                ((scale as f64 * w as f64 / h as f64) as usize, scale)
+            }
+        };
+        let resized;
+        let source = if (resize_w, resize_h) == (w, h) {
+            image
+        } else {
+            resized = image::imageops::resize(image, resize_w as u32, resize_h as u32, filter);
+            &resized
+        };
+        let top = centred_offset(resize_h, out_h);
+        let left = centred_offset(resize_w, out_w);
+        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.std[c]));
+        let shift: [f32; 3] = std::array::from_fn(|c| self.mean[c] / self.std[c]);
+        let mut out = Vec::with_capacity(out_h * out_w * 3);
+        for y in top..top + out_h {
+            for x in left..left + out_w {
+                let p = source.get_pixel(x as u32, y as u32).0;
+                for c in 0..3 {
+                    out.push(f32::from(p[c]) * scale[c] - shift[c]);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// torchvision's CenterCrop offset: `int(round((size - crop) / 2))`, with Python's round-half-even.
+/// The resized image is never smaller than the crop (its shorter side is `crop / crop_pct`).
+fn centred_offset(size: usize, crop: usize) -> usize {
+    let diff = size.saturating_sub(crop);
+    let half = diff / 2;
+    if diff % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn centre_crop_offset_rounds_half_to_even() {
+        assert_eq!(centred_offset(256, 224), 16);
+        assert_eq!(centred_offset(257, 224), 16); // round(16.5) = 16
+        assert_eq!(centred_offset(259, 224), 18); // round(17.5) = 18
+    }
+
+    #[test]
+    fn header_claiming_huge_size_is_refused_before_decoding() {
+        // A PNG signature and an IHDR chunk claiming 50000x50000, and nothing else.
+        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        png.extend(50_000u32.to_be_bytes());
+        png.extend(50_000u32.to_be_bytes());
+        png.extend([8, 2, 0, 0, 0]);
+        let crc = crc32(&png[12..]);
+        png.extend(crc.to_be_bytes());
+        let err = decode_image(&png, DecodeLimits::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VisionError::TooManyPixels {
+                    width: 50_000,
+                    height: 50_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn text_and_empty_bodies_are_undecodable() {
+        assert!(matches!(
+            decode_image(b"", DecodeLimits::default()),
+            Err(VisionError::Undecodable(_))
+        ));
+        let err =
+            decode_image(b"hello, this is not an image", DecodeLimits::default()).unwrap_err();
+        assert!(matches!(err, VisionError::Undecodable(_)), "{err}");
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+}

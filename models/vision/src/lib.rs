@@ -1,0 +1,39 @@
+//! MobileNetV2 image classification in candle, with no HTTP in it: the network and its CPU
+//! kernels, the weights' configuration, image decoding and preprocessing, and label names.
+
+pub mod config;
+pub mod image_input;
+pub mod mobilenetv2;
+pub mod ops;
+pub mod pipeline;
+
+pub use config::{ModelConfig, Preprocessing};
+pub use image_input::{decode_image, DecodeLimits};
+pub use mobilenetv2::{Architecture, MobileNetV2};
+pub use pipeline::{ImageClassifier, ImageOutput, Prediction};
+
+/// Everything that can go wrong between bytes on disk or on the wire and logits.
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    /// The weights or their configuration are unusable (a start-up error).
+    #[error("invalid weights: {0}")]
+    Weights(String),
+    #[error("invalid config.json: {0}")]
+    Config(String),
+    /// The model has no classifier, so it can only answer features.
+    #[error("the model has no classifier: only features are available")]
+    NoClassifier,
+    /// The image is larger than the configured limit; checked before any pixel is decoded.
+    #[error("image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
+    /// The bytes are not an image in a supported format, or are corrupt.
+    #[error("cannot decode image: {0}")]
+    Undecodable(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

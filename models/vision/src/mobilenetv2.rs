@@ -1,0 +1,353 @@
+//! MobileNetV2 in timm's tensor layout (`mobilenetv2_100` and every other width or depth
+//! multiplier: channel counts and block counts are read from the weights, not assumed).
+//!
+//! BatchNorm is folded into the preceding convolution at load, and weights are stored in the
+//! layouts the NHWC kernels of [`crate::ops`] read, so a forward pass is a chain of matrix
+//! products and depthwise kernels with fused bias and ReLU6.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::ops::{self, Activation, ConvGeometry, Padding};
+use crate::VisionError;
+
+/// Stride of the first block of each of MobileNetV2's seven stages; the other blocks use 1.
+const STAGE_STRIDES: [usize; 7] = [1, 2, 2, 2, 1, 2, 1];
+
+/// What the weights do not say about the network.
+#[derive(Debug, Clone, Copy)]
+pub struct Architecture {
+    /// BatchNorm epsilon: 1e-5 in PyTorch, 1e-3 in Keras.
+    pub bn_eps: f64,
+    /// Padding of the 3x3 convolutions.
+    pub padding: Padding,
+}
+
+impl Default for Architecture {
+    fn default() -> Self {
+        Self {
+            bn_eps: 1e-5,
+            padding: Padding::Symmetric,
+        }
+    }
+}
+
+/// A convolution with its BatchNorm folded in, in kernel-ready layout.
+#[derive(Debug)]
+struct FoldedConv {
+    /// Dense: (K * K * Cin, Cout). Depthwise: (K, K, C).
+    weight: Tensor,
+    bias: Tensor,
+    geometry: ConvGeometry,
+    depthwise: bool,
+}
+
+impl FoldedConv {
+    fn forward(&self, x: &Tensor, activation: Activation) -> candle_core::Result<Tensor> {
+        if self.depthwise {
+            ops::depthwise_conv(x, &self.weight, &self.bias, self.geometry, activation)
+        } else {
+            ops::conv2d(x, &self.weight, &self.bias, self.geometry, activation)
+        }
+    }
+
+    fn out_channels(&self) -> usize {
+        self.bias.dims()[0]
+    }
+}
+
+/// One block: timm's `DepthwiseSeparableConv` (no expansion) or `InvertedResidual`.
+#[derive(Debug)]
+struct Block {
+    expand: Option<FoldedConv>,
+    depthwise: FoldedConv,
+    project: FoldedConv,
+    residual: bool,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = match &self.expand {
+            Some(expand) => expand.forward(x, Activation::Relu6)?,
+            None => x.clone(),
+        };
+        let h = self.depthwise.forward(&h, Activation::Relu6)?;
+        let h = self.project.forward(&h, Activation::Identity)?;
+        if self.residual {
+            h + x
+        } else {
+            Ok(h)
+        }
+    }
+}
+
+/// The final linear layer: (features, classes) weight and a bias.
+#[derive(Debug)]
+struct Classifier {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+/// A MobileNetV2 backbone with its classifier.
+#[derive(Debug)]
+pub struct MobileNetV2 {
+    stem: FoldedConv,
+    blocks: Vec<Block>,
+    head: FoldedConv,
+    classifier: Option<Classifier>,
+}
+
+impl MobileNetV2 {
+    /// Builds the network from timm-layout tensors (`conv_stem`, `bn1`, `blocks.S.B.*`,
+    /// `conv_head`, `bn2`, `classifier`). The classifier is optional: a backbone-only file
+    /// answers features.
+    pub fn from_tensors(
+        tensors: &BTreeMap<String, Tensor>,
+        arch: Architecture,
+    ) -> Result<Self, VisionError> {
+        let loader = Loader { tensors, arch };
+        let stem = loader.dense("conv_stem", "bn1", 2)?;
+        let mut blocks = Vec::new();
+        let mut channels = stem.out_channels();
+        for (stage, stage_stride) in STAGE_STRIDES.iter().enumerate() {
+            let mut index = 0;
+            while tensors
+                .keys()
+                .any(|k| k.starts_with(&format!("blocks.{stage}.{index}.")))
+            {
+                let prefix = format!("blocks.{stage}.{index}");
+                let stride = if index == 0 { *stage_stride } else { 1 };
+                let block = loader.block(&prefix, stride)?;
+                let out = block.project.out_channels();
+                let residual = stride == 1 && out == channels;
+                blocks.push(Block { residual, ..block });
+                channels = out;
+                index += 1;
+            }
+            if index == 0 {
+                return Err(VisionError::Weights(format!(
+                    "no blocks for stage {stage} (expected `blocks.{stage}.0.*`)"
+                )));
+            }
+        }
+        let head = loader.dense("conv_head", "bn2", 1)?;
+        let classifier = match tensors.get("classifier.weight") {
+            Some(weight) => {
+                let bias = loader.get("classifier.bias")?;
+                let (classes, features) = weight.dims2()?;
+                if features != head.out_channels() || bias.dims() != [classes] {
+                    return Err(VisionError::Weights(format!(
+                        "classifier {:?} does not fit {} features",
+                        weight.dims(),
+                        head.out_channels()
+                    )));
+                }
+                Some(Classifier {
+                    weight: weight.t()?.contiguous()?,
+                    bias: bias.clone(),
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            stem,
+            blocks,
+            head,
+            classifier,
+        })
+    }
+
+    /// Length of the pooled feature vector.
+    pub fn feature_dim(&self) -> usize {
+        self.head.out_channels()
+    }
+
+    /// Number of classes of the classifier, if there is one.
+    pub fn num_classes(&self) -> Option<usize> {
+        self.classifier.as_ref().map(|c| c.bias.dims()[0])
+    }
+
+    /// Pooled features (batch, feature_dim) of normalised images (batch, height, width, 3).
+    pub fn features(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = self.stem.forward(images, Activation::Relu6)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = self.head.forward(&x, Activation::Relu6)?;
+        x.mean((1, 2))
+    }
+
+    /// Logits (batch, classes) of normalised images (batch, height, width, 3).
+    pub fn logits(&self, images: &Tensor) -> Result<Tensor, VisionError> {
+        let features = self.features(images)?;
+        self.classify_features(&features)
+    }
+
+    /// Logits (batch, classes) of pooled features (batch, feature_dim).
+    pub fn classify_features(&self, features: &Tensor) -> Result<Tensor, VisionError> {
+        let classifier = self.classifier.as_ref().ok_or(VisionError::NoClassifier)?;
+        Ok(ops::linear(
+            features,
+            &classifier.weight,
+            &classifier.bias,
+            Activation::Identity,
+        )?)
+    }
+}
+
+impl Module for MobileNetV2 {
+    fn forward(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        self.logits(images)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
+
+struct Loader<'a> {
+    tensors: &'a BTreeMap<String, Tensor>,
+    arch: Architecture,
+}
+
+impl Loader<'_> {
+    fn get(&self, name: &str) -> Result<&Tensor, VisionError> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| VisionError::Weights(format!("missing tensor `{name}`")))
+    }
+
+    /// Scale and shift of an inference-mode BatchNorm: `y = x * scale + shift`.
+    fn batch_norm(&self, prefix: &str, channels: usize) -> Result<(Tensor, Tensor), VisionError> {
+        let get = |field: &str| -> Result<Tensor, VisionError> {
+            let t = self
+                .get(&format!("{prefix}.{field}"))?
+                .to_dtype(DType::F32)?;
+            if t.dims() != [channels] {
+                return Err(VisionError::Weights(format!(
+                    "`{prefix}.{field}` has shape {:?}, expected [{channels}]",
+                    t.dims()
+                )));
+            }
+            Ok(t)
+        };
+        let (gamma, beta, mean, var) = (
+            get("weight")?,
+            get("bias")?,
+            get("running_mean")?,
+            get("running_var")?,
+        );
+        let scale = (gamma / (var + self.arch.bn_eps)?.sqrt()?)?;
+        let shift = (beta - (mean * &scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// A dense convolution `{conv}.weight` (Cout, Cin, K, K) folded with BatchNorm `{bn}`.
+    fn dense(&self, conv: &str, bn: &str, stride: usize) -> Result<FoldedConv, VisionError> {
+        let weight = self.get(&format!("{conv}.weight"))?.to_dtype(DType::F32)?;
+        let (out_channels, in_channels, kh, kw) = weight.dims4()?;
+        if kh != kw {
+            return Err(VisionError::Weights(format!(
+                "`{conv}.weight` has a non-square kernel {kh}x{kw}"
+            )));
+        }
+        let (scale, shift) = self.batch_norm(bn, out_channels)?;
+        let weight = weight.broadcast_mul(&scale.reshape((out_channels, 1, 1, 1))?)?;
+        let weight = weight
+            .permute((2, 3, 1, 0))?
+            .reshape((kh * kw * in_channels, out_channels))?
+            .contiguous()?;
+        let padding = if kh == 1 {
+            Padding::Symmetric
+        } else {
+            self.arch.padding
+        };
+        Ok(FoldedConv {
+            weight,
+            bias: shift,
+            geometry: ConvGeometry {
+                kernel: kh,
+                stride,
+                padding,
+            },
+            depthwise: false,
+        })
+    }
+
+    /// A depthwise convolution `{conv}.weight` (C, 1, K, K) folded with BatchNorm `{bn}`.
+    fn depthwise(&self, conv: &str, bn: &str, stride: usize) -> Result<FoldedConv, VisionError> {
+        let weight = self.get(&format!("{conv}.weight"))?.to_dtype(DType::F32)?;
+        let (channels, one, kh, kw) = weight.dims4()?;
+        if one != 1 || kh != kw {
+            return Err(VisionError::Weights(format!(
+                "`{conv}.weight` {:?} is not a square depthwise kernel",
+                weight.dims()
+            )));
+        }
+        let (scale, shift) = self.batch_norm(bn, channels)?;
+        let weight = weight.broadcast_mul(&scale.reshape((channels, 1, 1, 1))?)?;
+        let weight = weight
+            .reshape((channels, kh, kw))?
+            .permute((1, 2, 0))?
+            .contiguous()?;
+        let geometry = ConvGeometry {
+            kernel: kh,
+            stride,
+            padding: self.arch.padding,
+        };
+        Ok(FoldedConv {
+            weight,
+            bias: shift,
+            geometry,
+            depthwise: true,
+        })
+    }
+
+    fn block(&self, prefix: &str, stride: usize) -> Result<Block, VisionError> {
+        if self
+            .tensors
+            .contains_key(&format!("{prefix}.conv_pwl.weight"))
+        {
+            Ok(Block {
+                expand: Some(self.dense(
+                    &format!("{prefix}.conv_pw"),
+                    &format!("{prefix}.bn1"),
+                    1,
+                )?),
+                depthwise: self.depthwise(
+                    &format!("{prefix}.conv_dw"),
+                    &format!("{prefix}.bn2"),
+                    stride,
+                )?,
+                project: self.dense(&format!("{prefix}.conv_pwl"), &format!("{prefix}.bn3"), 1)?,
+                residual: false,
+            })
+        } else {
+            Ok(Block {
+                expand: None,
+                depthwise: self.depthwise(
+                    &format!("{prefix}.conv_dw"),
+                    &format!("{prefix}.bn1"),
+                    stride,
+                )?,
+                project: self.dense(&format!("{prefix}.conv_pw"), &format!("{prefix}.bn2"), 1)?,
+                residual: false,
+            })
+        }
+    }
+}
+
+/// Loads the tensors of a safetensors file onto the CPU through a memory map.
+pub fn load_safetensors(path: &std::path::Path) -> Result<BTreeMap<String, Tensor>, VisionError> {
+    let unreadable = |e: candle_core::Error| {
+        VisionError::Weights(format!("cannot read {}: {e}", path.display()))
+    };
+    // SAFETY: the map is read-only and dropped before returning; every tensor is copied out of it.
+    let file =
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(unreadable)?;
+    file.tensors()
+        .into_iter()
+        .map(|(name, _)| {
+            let tensor = file.load(&name, &Device::Cpu).map_err(unreadable)?;
+            Ok((name, tensor))
+        })
+        .collect()
+}

@@ -1,0 +1,358 @@
+//! Direct CPU kernels for the convolutions MobileNetV2 spends its time in, as candle custom ops.
+//!
+//! Activations are NHWC (batch, height, width, channels), so a 1x1 convolution is one matrix
+//! product over all pixels of the batch and the depthwise kernel's inner loop runs along
+//! contiguous channels. Candle's own grouped convolution runs one small convolution per channel
+//! (about 7,000 per MobileNetV2 image), which is what these kernels replace.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// How a convolution pads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// `kernel / 2` on every side (PyTorch, timm, torchvision).
+    Symmetric,
+    /// TensorFlow's "same": the output is `ceil(input / stride)` and an odd total padding puts
+    /// the extra row and column at the bottom and right (Keras).
+    TfSame,
+}
+
+impl Padding {
+    /// Output size and padding before the first element, along one spatial axis.
+    pub fn output_and_pad_before(
+        self,
+        input: usize,
+        kernel: usize,
+        stride: usize,
+    ) -> (usize, usize) {
+        match self {
+            Padding::Symmetric => {
+                let pad = kernel / 2;
+                ((input + 2 * pad - kernel) / stride + 1, pad)
+            }
+            Padding::TfSame => {
+                let out = input.div_ceil(stride);
+                let total = ((out - 1) * stride + kernel).saturating_sub(input);
+                (out, total / 2)
+            }
+        }
+    }
+}
+
+/// Element-wise activation fused into a kernel's epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// `min(max(x, 0), 6)`, MobileNetV2's activation.
+    Relu6,
+}
+
+impl Activation {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+}
+
+/// Geometry of a square-kernel convolution over an NHWC input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding,
+}
+
+struct Plan {
+    batch: usize,
+    height: usize,
+    width: usize,
+    channels: usize,
+    out_height: usize,
+    out_width: usize,
+    pad_top: usize,
+    pad_left: usize,
+}
+
+impl ConvGeometry {
+    fn plan(&self, dims: &[usize]) -> candle_core::Result<Plan> {
+        let &[batch, height, width, channels] = dims else {
+            candle_core::bail!("expected an NHWC tensor, got shape {dims:?}")
+        };
+        if height == 0 || width == 0 {
+            candle_core::bail!("empty spatial input {dims:?}")
+        }
+        let (out_height, pad_top) =
+            self.padding
+                .output_and_pad_before(height, self.kernel, self.stride);
+        let (out_width, pad_left) =
+            self.padding
+                .output_and_pad_before(width, self.kernel, self.stride);
+        Ok(Plan {
+            batch,
+            height,
+            width,
+            channels,
+            out_height,
+            out_width,
+            pad_top,
+            pad_left,
+        })
+    }
+}
+
+fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{what}: only f32 is supported, got {:?}", storage.dtype())
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Depthwise convolution with bias and activation: `x` (N, H, W, C), weight (K, K, C), bias (C).
+pub struct DepthwiseConv {
+    pub geometry: ConvGeometry,
+    pub activation: Activation,
+}
+
+impl CustomOp3 for DepthwiseConv {
+    fn name(&self) -> &'static str {
+        "depthwise-conv-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let plan = self.geometry.plan(xl.dims())?;
+        let k = self.geometry.kernel;
+        let c = plan.channels;
+        if wl.dims() != [k, k, c] || bl.dims() != [c] {
+            candle_core::bail!(
+                "depthwise: weight {:?} / bias {:?} do not match kernel {k} and {c} channels",
+                wl.dims(),
+                bl.dims()
+            )
+        }
+        let x = contiguous_f32(xs, xl, "depthwise input")?;
+        let w = contiguous_f32(ws, wl, "depthwise weight")?;
+        let b = contiguous_f32(bs, bl, "depthwise bias")?;
+        let mut out = vec![0f32; plan.batch * plan.out_height * plan.out_width * c];
+        let row_len = plan.out_width * c;
+        out.par_chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(row, out_row)| {
+                let n = row / plan.out_height;
+                let oy = row % plan.out_height;
+                let image =
+                    &x[n * plan.height * plan.width * c..(n + 1) * plan.height * plan.width * c];
+                depthwise_row(self, &plan, image, w, b, oy, out_row);
+            });
+        let shape = Shape::from((plan.batch, plan.out_height, plan.out_width, c));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// One output row of the depthwise convolution; the inner loop runs over contiguous channels.
+fn depthwise_row(
+    op: &DepthwiseConv,
+    plan: &Plan,
+    image: &[f32],
+    w: &[f32],
+    b: &[f32],
+    oy: usize,
+    out_row: &mut [f32],
+) {
+    let k = op.geometry.kernel;
+    let s = op.geometry.stride;
+    let c = plan.channels;
+    for ox in 0..plan.out_width {
+        let acc = &mut out_row[ox * c..(ox + 1) * c];
+        acc.copy_from_slice(b);
+        for ky in 0..k {
+            let Some(iy) = (oy * s + ky)
+                .checked_sub(plan.pad_top)
+                .filter(|&iy| iy < plan.height)
+            else {
+                continue;
+            };
+            for kx in 0..k {
+                let Some(ix) = (ox * s + kx)
+                    .checked_sub(plan.pad_left)
+                    .filter(|&ix| ix < plan.width)
+                else {
+                    continue;
+                };
+                let pixel = &image[(iy * plan.width + ix) * c..][..c];
+                let tap = &w[(ky * k + kx) * c..][..c];
+                for ((a, &p), &t) in acc.iter_mut().zip(pixel).zip(tap) {
+                    *a += p * t;
+                }
+            }
+        }
+        for a in acc.iter_mut() {
+            *a = op.activation.apply(*a);
+        }
+    }
+}
+
+/// Unfolds NHWC patches into rows so that a dense convolution becomes one matrix product:
+/// `x` (N, H, W, C) becomes (N * OH * OW, K * K * C), taps ordered (ky, kx, c); padding is zeros.
+pub struct Im2Col {
+    pub geometry: ConvGeometry,
+}
+
+impl candle_core::CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col-nhwc"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let plan = self.geometry.plan(xl.dims())?;
+        let x = contiguous_f32(xs, xl, "im2col input")?;
+        let (k, s, c) = (self.geometry.kernel, self.geometry.stride, plan.channels);
+        let patch = k * k * c;
+        let rows = plan.batch * plan.out_height * plan.out_width;
+        let mut out = vec![0f32; rows * patch];
+        out.par_chunks_mut(patch)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let n = row / (plan.out_height * plan.out_width);
+                let oy = row / plan.out_width % plan.out_height;
+                let ox = row % plan.out_width;
+                for ky in 0..k {
+                    let Some(iy) = (oy * s + ky)
+                        .checked_sub(plan.pad_top)
+                        .filter(|&iy| iy < plan.height)
+                    else {
+                        continue;
+                    };
+                    for kx in 0..k {
+                        let Some(ix) = (ox * s + kx)
+                            .checked_sub(plan.pad_left)
+                            .filter(|&ix| ix < plan.width)
+                        else {
+                            continue;
+                        };
+                        let src = ((n * plan.height + iy) * plan.width + ix) * c;
+                        dst[(ky * k + kx) * c..][..c].copy_from_slice(&x[src..src + c]);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((rows, patch))))
+    }
+}
+
+/// Adds a per-column bias to a (rows, columns) matrix and applies an activation, in place.
+pub struct BiasActivation(pub Activation);
+
+impl InplaceOp2 for BiasActivation {
+    fn name(&self) -> &'static str {
+        "bias-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &mut CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<()> {
+        let b = contiguous_f32(bs, bl, "bias")?;
+        let CpuStorage::F32(data) = xs else {
+            candle_core::bail!("bias-activation: only f32 is supported")
+        };
+        let Some((start, end)) = xl.contiguous_offsets() else {
+            candle_core::bail!("bias-activation: input must be contiguous")
+        };
+        let columns = b.len();
+        if columns == 0 || xl.dims().last() != Some(&columns) {
+            candle_core::bail!(
+                "bias-activation: bias {:?} does not match {:?}",
+                bl.dims(),
+                xl.dims()
+            )
+        }
+        data[start..end]
+            .par_chunks_mut(columns.max(4096 / columns * columns))
+            .for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(columns) {
+                    for (v, &bias) in row.iter_mut().zip(b) {
+                        *v = self.0.apply(*v + bias);
+                    }
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `activation(x @ weight + bias)` for `x` (rows, in) and `weight` (in, out).
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    activation: Activation,
+) -> candle_core::Result<Tensor> {
+    let y = x.matmul(weight)?;
+    y.inplace_op2(bias, &BiasActivation(activation))?;
+    Ok(y)
+}
+
+/// Depthwise convolution of `x` (N, H, W, C) with `weight` (K, K, C) and `bias` (C).
+pub fn depthwise_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geometry: ConvGeometry,
+    activation: Activation,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(
+        weight,
+        bias,
+        &DepthwiseConv {
+            geometry,
+            activation,
+        },
+    )
+}
+
+/// Dense convolution of `x` (N, H, W, Cin) with `weight` (K * K * Cin, Cout) and `bias` (Cout),
+/// answering (N, OH, OW, Cout).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geometry: ConvGeometry,
+    activation: Activation,
+) -> candle_core::Result<Tensor> {
+    let (n, h, w, _) = x.dims4()?;
+    let (oh, _) = geometry
+        .padding
+        .output_and_pad_before(h, geometry.kernel, geometry.stride);
+    let (ow, _) = geometry
+        .padding
+        .output_and_pad_before(w, geometry.kernel, geometry.stride);
+    let patches = if geometry.kernel == 1 && geometry.stride == 1 {
+        x.flatten_to(2)?
+    } else {
+        x.contiguous()?.apply_op1_no_bwd(&Im2Col { geometry })?
+    };
+    let y = linear(&patches, weight, bias, activation)?;
+    y.reshape((n, oh, ow, weight.dim(1)?))
+}

@@ -1,0 +1,192 @@
+//! `classifier`: a MobileNetV2 image classification service (`serve`) and its command-line
+//! twin (`predict`).
+
+mod intake;
+mod model;
+mod routes;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use runtime::{InitPhases, Metrics, ServeArgs, ServiceContext};
+use serde_json::json;
+
+use crate::model::ModelArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "MobileNetV2 image classification: an HTTP service and a command line"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the model, warm it up, then answer HTTP requests until SIGTERM.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Most images in one model batch (queued requests are batched together).
+        #[arg(long, env = "MAX_BATCH", default_value_t = 32)]
+        max_batch: usize,
+        /// Most images one request may carry.
+        #[arg(long, env = "MAX_IMAGES_PER_REQUEST", default_value_t = 64)]
+        max_images: usize,
+    },
+    /// Classify image files and print the top classes.
+    Predict {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// How many classes to print per image.
+        #[arg(long, env = "TOP_K", default_value_t = 5)]
+        top_k: usize,
+        /// One JSON object per image instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    runtime::telemetry::init();
+    match cli.command {
+        Command::Serve {
+            model,
+            serve,
+            max_batch,
+            max_images,
+        } => serve_http(&model, &serve, max_batch, max_images),
+        Command::Predict {
+            model,
+            top_k,
+            json,
+            images,
+        } => predict(&model, top_k, json, &images),
+    }
+}
+
+fn serve_http(
+    args: &ModelArgs,
+    serve: &ServeArgs,
+    max_batch: usize,
+    max_images: usize,
+) -> ExitCode {
+    let mut phases = InitPhases::new();
+    let (classifier, card) = match model::load(args, &mut phases) {
+        Ok(loaded) => loaded,
+        Err(e) => return runtime::startup_failure(&e),
+    };
+    let listener = match phases.run("bind", || {
+        std::net::TcpListener::bind((serve.host, serve.port))
+    }) {
+        Ok(listener) => listener,
+        Err(e) => {
+            return runtime::startup_failure(&format!(
+                "cannot listen on {}:{}: {e}",
+                serve.host, serve.port
+            ))
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let classifier = Arc::new(classifier);
+    let worker = match model::spawn_worker(
+        classifier.clone(),
+        serve.max_concurrency,
+        max_batch,
+        metrics.clone(),
+    ) {
+        Ok(worker) => worker,
+        Err(e) => return runtime::startup_failure(&format!("cannot start the model thread: {e}")),
+    };
+    let state = Arc::new(routes::AppState {
+        classifier,
+        worker,
+        model_id: card.id.clone(),
+        limits: args.decode_limits(),
+        max_images,
+    });
+    let ctx = ServiceContext::new("classifier", card, phases.phases().to_vec(), metrics);
+    let app = runtime::app(ctx.clone(), routes::routes(state), serve);
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            rt.block_on(async {
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                runtime::run(
+                    listener,
+                    app,
+                    ctx,
+                    runtime::shutdown_signal(),
+                    serve.shutdown_timeout,
+                )
+                .await
+            })
+        });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn predict(args: &ModelArgs, top_k: usize, as_json: bool, images: &[PathBuf]) -> ExitCode {
+    let mut phases = InitPhases::new();
+    let (classifier, card) = match model::load(args, &mut phases) {
+        Ok(loaded) => loaded,
+        Err(e) => return runtime::startup_failure(&e),
+    };
+    let top_k = top_k.clamp(1, classifier.labels().len().max(1));
+    let mut failed = false;
+    for path in images {
+        let outcome = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                vision::decode_image(&bytes, args.decode_limits()).map_err(|e| e.to_string())
+            })
+            .and_then(|image| {
+                let pixels = classifier.preprocessing().apply(&image);
+                classifier.infer(&[pixels]).map_err(|e| e.to_string())
+            });
+        match outcome {
+            Ok(outputs) => {
+                let predictions = classifier.top_k(&outputs[0].probabilities, top_k);
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({"image": path, "model": card.id, "predictions": predictions})
+                    );
+                } else {
+                    let text: Vec<String> = predictions
+                        .iter()
+                        .map(|p| format!("{} {:.4}", p.label, p.score))
+                        .collect();
+                    println!("{}: {}", path.display(), text.join(", "));
+                }
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("error: {}: {e}", path.display());
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,177 @@
+//! Loading the classifier (each step an init phase) and running it on the model thread.
+
+use std::sync::Arc;
+
+use runtime::{ApiError, DTypeArg, DeviceArg, InitPhases, Metrics, ModelCard, ModelWorker};
+use serde_json::json;
+use tokio::sync::oneshot;
+use vision::{DecodeLimits, ImageClassifier, ImageOutput, ModelConfig, VisionError};
+
+/// Default weights: timm's ImageNet MobileNetV2.
+pub const DEFAULT_MODEL: &str = "timm/mobilenetv2_100.ra_in1k";
+
+/// Where the weights come from and how they run; shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// A local directory (config.json + model.safetensors) or a hub repo id (owner/name[@revision]).
+    #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, env = "DEVICE", default_value = "auto")]
+    pub device: DeviceArg,
+
+    /// Weights and activations type.
+    #[arg(long, env = "DTYPE", value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+
+    /// Largest image accepted, in pixels (width x height), checked before decoding.
+    #[arg(long, env = "MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+}
+
+impl ModelArgs {
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_pixels: self.max_pixels,
+        }
+    }
+}
+
+/// Why the classifier could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Source(#[from] hub::HubError),
+    #[error("{0}")]
+    Model(#[from] VisionError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Resolves, loads, builds and warms up the classifier, timing each step.
+pub fn load(
+    args: &ModelArgs,
+    phases: &mut InitPhases,
+) -> Result<(ImageClassifier, ModelCard), LoadError> {
+    match args.device {
+        DeviceArg::Auto | DeviceArg::Cpu => {}
+        DeviceArg::Cuda(_) => {
+            return Err(LoadError::Unsupported(
+                "this build has no CUDA support; run with --device cpu (or auto)".into(),
+            ))
+        }
+    }
+    if args.dtype != DTypeArg::F32 {
+        return Err(LoadError::Unsupported(format!(
+            "--dtype {} is not supported on CPU by the classifier's kernels; use --dtype f32",
+            args.dtype
+        )));
+    }
+    let source: hub::ModelSource = args.model.parse()?;
+    let (config_path, weights_path) =
+        phases.run("resolve_weights", || -> Result<_, hub::HubError> {
+            Ok((
+                source.fetch("config.json")?,
+                source.fetch("model.safetensors")?,
+            ))
+        })?;
+    let config = phases.run("read_config", || -> Result<ModelConfig, VisionError> {
+        let text = std::fs::read_to_string(&config_path).map_err(|e| {
+            VisionError::Config(format!("cannot read {}: {e}", config_path.display()))
+        })?;
+        ModelConfig::from_json(&text)
+    })?;
+    let tensors = phases.run("load_weights", || {
+        vision::mobilenetv2::load_safetensors(&weights_path)
+    })?;
+    let classifier = phases.run("build_model", || -> Result<_, VisionError> {
+        let model = vision::MobileNetV2::from_tensors(&tensors, config.architecture())?;
+        ImageClassifier::new(model, &config)
+    })?;
+    drop(tensors);
+    phases.run("warm_up", || -> Result<(), VisionError> {
+        let [_, h, w] = classifier.preprocessing().input_size;
+        classifier.infer(&[vec![0.0; h * w * 3]])?;
+        Ok(())
+    })?;
+    let pre = classifier.preprocessing();
+    let card = ModelCard {
+        id: match &source {
+            hub::ModelSource::Hub { .. } => source.to_string(),
+            hub::ModelSource::Local(dir) => dir
+                .canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| source.to_string()),
+        },
+        source: source.to_string(),
+        device: "cpu".into(),
+        dtype: args.dtype.to_string(),
+        details: json!({
+            "architecture": config.architecture.as_deref().unwrap_or("mobilenetv2"),
+            "num_classes": classifier.labels().len(),
+            "feature_dim": classifier.model().feature_dim(),
+            "preprocessing": pre,
+            "labels": classifier.labels(),
+        }),
+        weights_path,
+    };
+    Ok((classifier, card))
+}
+
+/// Preprocessed images waiting for the model, and where their outputs go.
+pub struct Job {
+    pub images: Vec<Vec<f32>>,
+    pub reply: oneshot::Sender<Result<Vec<ImageOutput>, String>>,
+}
+
+/// Starts the model thread: each wake-up runs every queued job's images as one batch.
+pub fn spawn_worker(
+    classifier: Arc<ImageClassifier>,
+    capacity: usize,
+    max_batch_images: usize,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<ModelWorker<Job>> {
+    ModelWorker::spawn(
+        "classifier-model",
+        capacity,
+        max_batch_images,
+        metrics,
+        move |jobs: Vec<Job>| {
+            let images: Vec<&[f32]> = jobs
+                .iter()
+                .flat_map(|j| j.images.iter().map(Vec::as_slice))
+                .collect();
+            match classifier.infer(&images) {
+                Ok(mut outputs) => {
+                    for job in jobs.into_iter().rev() {
+                        let n = job.images.len();
+                        let split = outputs.split_off(outputs.len() - n);
+                        let _ = job.reply.send(Ok(split));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for job in jobs {
+                        let _ = job.reply.send(Err(message.clone()));
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Submits one request's images and waits for the model's answer.
+pub async fn run(
+    worker: &ModelWorker<Job>,
+    images: Vec<Vec<f32>>,
+) -> Result<Vec<ImageOutput>, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    worker.submit(Job { images, reply })?;
+    match answer.await {
+        Ok(Ok(outputs)) => Ok(outputs),
+        Ok(Err(e)) => Err(ApiError::internal(format!("model failure: {e}"))),
+        Err(_) => Err(ApiError::internal("the model thread dropped the request")),
+    }
+}

@@ -1,0 +1,122 @@
+//! The classifier's HTTP routes: images in, labels or feature vectors out.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use runtime::{ApiError, ModelWorker};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vision::{DecodeLimits, ImageClassifier, VisionError};
+
+use crate::intake::Images;
+use crate::model::{self, Job};
+
+/// What the routes share.
+pub struct AppState {
+    pub classifier: Arc<ImageClassifier>,
+    pub worker: ModelWorker<Job>,
+    pub model_id: String,
+    pub limits: DecodeLimits,
+    /// Most images one request may carry.
+    pub max_images: usize,
+}
+
+/// `/v1/classify` (also `/` and `/invocations`, what FaaS wrappers call) and `/v1/features`.
+pub fn routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/classify", post(classify))
+        .route("/", post(classify))
+        .route("/invocations", post(classify))
+        .route("/v1/features", post(features))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct ClassifyQuery {
+    top_k: Option<usize>,
+}
+
+async fn classify(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ClassifyQuery>,
+    images: Images,
+) -> Result<Json<Value>, ApiError> {
+    let classes = state.classifier.labels().len();
+    if classes == 0 {
+        return Err(ApiError::invalid(
+            "no_classifier",
+            "the served model has no classifier; use /v1/features",
+        ));
+    }
+    let top_k = images.top_k.or(query.top_k).unwrap_or(5.min(classes));
+    if top_k == 0 || top_k > classes {
+        return Err(ApiError::invalid(
+            "invalid_top_k",
+            format!("top_k must be between 1 and {classes}, got {top_k}"),
+        ));
+    }
+    let outputs = infer(&state, images).await?;
+    let results: Vec<Value> = outputs
+        .iter()
+        .map(|o| json!({"predictions": state.classifier.top_k(&o.probabilities, top_k)}))
+        .collect();
+    Ok(Json(json!({"model": state.model_id, "results": results})))
+}
+
+async fn features(
+    State(state): State<Arc<AppState>>,
+    images: Images,
+) -> Result<Json<Value>, ApiError> {
+    let outputs = infer(&state, images).await?;
+    let results: Vec<Value> = outputs
+        .into_iter()
+        .map(|o| json!({"features": o.features}))
+        .collect();
+    Ok(Json(
+        json!({"model": state.model_id, "dim": state.classifier.model().feature_dim(), "results": results}),
+    ))
+}
+
+/// Decodes and preprocesses off the async runtime, then runs the model thread.
+async fn infer(
+    state: &Arc<AppState>,
+    images: Images,
+) -> Result<Vec<vision::ImageOutput>, ApiError> {
+    if images.encoded.len() > state.max_images {
+        return Err(ApiError::invalid(
+            "too_many_images",
+            format!(
+                "{} images in one request, over the limit of {}",
+                images.encoded.len(),
+                state.max_images
+            ),
+        ));
+    }
+    let prepared = state.clone();
+    let pixels = tokio::task::spawn_blocking(move || {
+        images
+            .encoded
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let image =
+                    vision::decode_image(bytes, prepared.limits).map_err(|e| image_error(i, e))?;
+                Ok(prepared.classifier.preprocessing().apply(&image))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("decoding task failed: {e}")))??;
+    model::run(&state.worker, pixels).await
+}
+
+fn image_error(index: usize, error: VisionError) -> ApiError {
+    match error {
+        VisionError::TooManyPixels { .. } => {
+            ApiError::invalid("image_too_large", format!("image {index}: {error}"))
+        }
+        _ => ApiError::invalid("invalid_image", format!("image {index}: {error}")),
+    }
+}

@@ -1,0 +1,91 @@
+//! The flags every service shares. Each has an environment variable, so a container needs no
+//! arguments; `PORT` is read as is because Knative, Cloud Run and Lambda Web Adapter set it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Network, limits and shutdown settings of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one; the chosen port is logged).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// When set, every route but health needs `Authorization: Bearer <key>`.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Largest request body accepted, in bytes (over it: 413).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Requests answered at once; one more is refused at once with 429 and Retry-After.
+    #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 64)]
+    pub max_concurrency: usize,
+
+    /// Longest a request may take, in seconds (over it: 503).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
+    pub request_timeout: Duration,
+
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish, in seconds.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub shutdown_timeout: Duration,
+}
+
+/// A number of seconds (fractions allowed) as a [`Duration`].
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    let seconds: f64 = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("`{value}` is not a valid number of seconds"))
+}
+
+/// `--device`: where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// CUDA when this build has it and a GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    /// A CUDA device by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{other}` is not a device (auto, cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+/// `--dtype`: the floating-point type of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl std::fmt::Display for DTypeArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}

@@ -1,0 +1,376 @@
+//! The HTTP side of the FaaS contract: operational routes (health, metrics, model card), the
+//! middleware every request passes (metrics, JSON errors, body limit, API key, concurrency and
+//! time limits), and a server that drains in-flight requests on shutdown.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::ServeArgs;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::phases::Phase;
+
+/// What `/v1/models` says about the served model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCard {
+    /// The model's name in answers (`model` fields).
+    pub id: String,
+    /// Where the weights came from: a directory or a hub repo id.
+    pub source: String,
+    pub device: String,
+    pub dtype: String,
+    /// Service-specific facts (labels, vocabulary size, input size...).
+    pub details: Value,
+    /// The weights file, hashed on the first `/v1/models` request rather than at start-up.
+    #[serde(skip)]
+    pub weights_path: PathBuf,
+}
+
+/// State shared by the operational routes and the middleware.
+#[derive(Debug)]
+pub struct ServiceContext {
+    /// The service's name (`classifier`, `textgen`), used as a metrics prefix.
+    pub service: &'static str,
+    pub card: ModelCard,
+    pub phases: Vec<Phase>,
+    pub metrics: Arc<Metrics>,
+    shutting_down: AtomicBool,
+    checksum: OnceLock<String>,
+}
+
+impl ServiceContext {
+    pub fn new(
+        service: &'static str,
+        card: ModelCard,
+        phases: Vec<Phase>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            service,
+            card,
+            phases,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+            checksum: OnceLock::new(),
+        })
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// SHA-256 of the weights file, computed once.
+    fn checksum(&self) -> String {
+        self.checksum
+            .get_or_init(|| match sha256_file(&self.card.weights_path) {
+                Ok(hex) => format!("sha256:{hex}"),
+                Err(e) => format!("unavailable: {e}"),
+            })
+            .clone()
+    }
+}
+
+fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The settings the middleware enforces.
+struct Limits {
+    permits: Arc<Semaphore>,
+    max_concurrency: usize,
+    timeout: Duration,
+}
+
+/// The whole application: the service's own `routes` (limited in concurrency and time) plus
+/// the operational routes, behind the shared middleware.
+pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router {
+    let limits = Arc::new(Limits {
+        permits: Arc::new(Semaphore::new(args.max_concurrency)),
+        max_concurrency: args.max_concurrency,
+        timeout: args.request_timeout,
+    });
+    let protected = routes
+        .route_layer(middleware::from_fn_with_state(limits, limit))
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .route("/v1/models", get(models))
+                .with_state(ctx.clone()),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            args.api_key.clone().map(Arc::new),
+            authorize,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(health))
+        .with_state(ctx.clone())
+        .merge(protected)
+        .fallback(not_found)
+        .layer(middleware::from_fn(json_errors))
+        .layer(DefaultBodyLimit::max(args.max_body_bytes))
+        .layer(middleware::from_fn_with_state(ctx, observe))
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets
+/// in-flight requests finish for up to `drain`.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    ctx: Arc<ServiceContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    let init_ms = ctx
+        .phases
+        .iter()
+        .map(|p| p.duration)
+        .sum::<Duration>()
+        .as_secs_f64()
+        * 1e3;
+    tracing::info!(%address, init_ms, model = %ctx.card.id, "ready");
+    let (signalled, on_signal) = tokio::sync::oneshot::channel();
+    let stopping = ctx.clone();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        stopping.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!(
+            in_flight = stopping.metrics.in_flight(),
+            "shutting down: draining in-flight requests"
+        );
+        let _ = signalled.send(());
+    });
+    let deadline = async move {
+        match on_signal.await {
+            Ok(()) => tokio::time::sleep(drain).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = server.into_future() => {
+            tracing::info!("stopped");
+            result
+        }
+        () = deadline => {
+            tracing::warn!(in_flight = ctx.metrics.in_flight(), "shutdown timeout: abandoning in-flight requests");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+async fn health(State(ctx): State<Arc<ServiceContext>>) -> Response {
+    if ctx.is_shutting_down() {
+        let body = json!({"status": "shutting_down", "model": ctx.card.id});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(json!({"status": "ready", "model": ctx.card.id, "service": ctx.service})).into_response()
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"status": "live"}))
+}
+
+async fn metrics(State(ctx): State<Arc<ServiceContext>>) -> Response {
+    let body = ctx.metrics.render(ctx.service, &ctx.phases);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn models(State(ctx): State<Arc<ServiceContext>>) -> Result<Json<Value>, ApiError> {
+    let hashing = ctx.clone();
+    let checksum = tokio::task::spawn_blocking(move || hashing.checksum())
+        .await
+        .map_err(|e| ApiError::internal(format!("checksum task failed: {e}")))?;
+    let card = &ctx.card;
+    let init_ms = ctx
+        .phases
+        .iter()
+        .map(|p| p.duration)
+        .sum::<Duration>()
+        .as_secs_f64()
+        * 1e3;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{
+            "id": card.id,
+            "object": "model",
+            "owned_by": "self-hosted",
+            "source": card.source,
+            "checksum": checksum,
+            "device": card.device,
+            "dtype": card.dtype,
+            "details": card.details,
+            "init_phases": ctx.phases,
+            "init_ms": init_ms,
+        }]
+    })))
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+/// Needs `Authorization: Bearer <key>` when a key is configured.
+async fn authorize(
+    State(key): State<Option<Arc<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = key {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(key.as_str()) {
+            let message = if presented.is_some() {
+                "invalid API key"
+            } else {
+                "missing API key: send Authorization: Bearer <key>"
+            };
+            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Refuses work beyond the concurrency limit at once (429) and bounds each request's time.
+async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = limits.permits.clone().try_acquire_owned() else {
+        return ApiError::overloaded(format!(
+            "the server is answering {} requests, its limit; retry shortly",
+            limits.max_concurrency
+        ))
+        .into_response();
+    };
+    match tokio::time::timeout(limits.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(
+            "timeout",
+            format!(
+                "the request took longer than {:.1} s",
+                limits.timeout.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Rewrites framework rejections (unknown method, body too large, bad JSON...) that come as
+/// plain text into the JSON error body every other error has.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        text => text.to_string(),
+    };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        _ => "error",
+    };
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        rewritten.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    rewritten
+}
+
+/// Counts, times and logs every request.
+async fn observe(
+    State(ctx): State<Arc<ServiceContext>>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let start = Instant::now();
+    ctx.metrics.request_started();
+    let mut response = next.run(request).await;
+    ctx.metrics.request_finished();
+    let latency = start.elapsed();
+    let status = response.status().as_u16();
+    ctx.metrics
+        .observe_request(&route, &method, status, latency);
+    tracing::info!(%method, %route, status, latency_ms = latency.as_secs_f64() * 1e3, "request");
+    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", latency.as_secs_f64() * 1e3)) {
+        response.headers_mut().insert("x-latency-ms", value);
+    }
+    response
+}
