@@ -26,7 +26,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let classifier = ImageClassifier::load(&args.model.join("config.json"), &args.model.join("model.safetensors"))?;
+    let classifier = ImageClassifier::load(
+        &args.model.join("config.json"),
+        &args.model.join("model.safetensors"),
+    )?;
     let [_, h, w] = classifier.preprocessing().input_size;
     for &batch in &args.batch {
         let images = classifier.batch(&vec![vec![0.5f32; h * w * 3]; batch])?;

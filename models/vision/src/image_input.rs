@@ -9,7 +9,7 @@
 use std::io::Cursor;
 
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::config::Preprocessing;
 use crate::VisionError;
@@ -32,42 +32,72 @@ impl Default for DecodeLimits {
 /// Decodes an image (JPEG, PNG, WebP, GIF's first frame, BMP, TIFF) into upright 8-bit RGB.
 pub fn decode_image(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, VisionError> {
     let undecodable = |e: &dyn std::fmt::Display| VisionError::Undecodable(e.to_string());
+    let max_pixels = limits.max_pixels;
     if bytes.is_empty() {
         return Err(VisionError::Undecodable(
             "the image is empty (0 bytes)".into(),
         ));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| undecodable(&e))?;
-    if reader.format().is_none() {
-        return Err(VisionError::Undecodable(
+    let format = reader.format().ok_or_else(|| {
+        VisionError::Undecodable(
             "unrecognised format (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)".into(),
+        )
+    })?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(VisionError::Undecodable(
+            "truncated JPEG: no end-of-image marker after the scan data".into(),
         ));
     }
-    let mut decoder = reader.into_decoder().map_err(|e| undecodable(&e))?;
+    // Decoders also bound their allocations: 8 bytes a pixel covers 16-bit RGBA.
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8));
+    reader.limits(limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| decode_error(&e, max_pixels))?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
-    if pixels > limits.max_pixels {
-        return Err(VisionError::TooManyPixels {
-            width,
-            height,
-            pixels,
-            limit: limits.max_pixels,
-        });
+    if pixels > max_pixels {
+        return Err(VisionError::TooLarge(format!(
+            "image is {width}x{height} = {pixels} pixels, over the limit of {max_pixels} pixels"
+        )));
     }
     if pixels == 0 {
         return Err(VisionError::Undecodable(format!(
             "the image is {width}x{height}"
         )));
     }
-    let orientation = decoder.orientation().map_err(|e| undecodable(&e))?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| undecodable(&e))?;
+    let orientation = decoder
+        .orientation()
+        .map_err(|e| decode_error(&e, max_pixels))?;
+    let mut image =
+        DynamicImage::from_decoder(decoder).map_err(|e| decode_error(&e, max_pixels))?;
     image.apply_orientation(orientation);
     Ok(match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
+}
+
+fn decode_error(error: &ImageError, max_pixels: u64) -> VisionError {
+    match error {
+        ImageError::Limits(e) => {
+            VisionError::TooLarge(format!("{e} (the limit is {max_pixels} pixels)"))
+        }
+        e => VisionError::Undecodable(e.to_string()),
+    }
+}
+
+/// A JPEG whose last start-of-scan marker (FF DA) is followed by an end-of-image marker
+/// (FF D9). Inside scan data FF is always followed by 00 or a restart marker, so a file cut
+/// anywhere before its end has none. (Decoders fill a cut image with grey rather than fail.)
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let last_end = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    matches!((last_scan, last_end), (Some(scan), Some(end)) if end > scan)
 }
 
 impl Preprocessing {
@@ -148,16 +178,14 @@ mod tests {
         png.extend([8, 2, 0, 0, 0]);
         let crc = crc32(&png[12..]);
         png.extend(crc.to_be_bytes());
+        for chunk in [&b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01"[..], b"IEND"] {
+            png.extend((chunk.len() as u32 - 4).to_be_bytes());
+            png.extend(chunk);
+            png.extend(crc32(chunk).to_be_bytes());
+        }
         let err = decode_image(&png, DecodeLimits::default()).unwrap_err();
         assert!(
-            matches!(
-                err,
-                VisionError::TooManyPixels {
-                    width: 50_000,
-                    height: 50_000,
-                    ..
-                }
-            ),
+            matches!(&err, VisionError::TooLarge(m) if m.contains("50000x50000")),
             "{err}"
         );
     }
@@ -171,6 +199,42 @@ mod tests {
         let err =
             decode_image(b"hello, this is not an image", DecodeLimits::default()).unwrap_err();
         assert!(matches!(err, VisionError::Undecodable(_)), "{err}");
+    }
+
+    fn fixture_png() -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/mobilenetv2-tiny/images");
+        std::fs::read(dir.join("synthetic-0-224x224.png")).unwrap()
+    }
+
+    #[test]
+    fn truncated_png_is_undecodable() {
+        let png = fixture_png();
+        assert!(decode_image(&png, DecodeLimits::default()).is_ok());
+        let err = decode_image(&png[..png.len() / 2], DecodeLimits::default()).unwrap_err();
+        assert!(matches!(err, VisionError::Undecodable(_)), "{err}");
+    }
+
+    #[test]
+    fn truncated_jpeg_is_undecodable() {
+        let image = decode_image(&fixture_png(), DecodeLimits::default()).unwrap();
+        let mut jpeg = Vec::new();
+        image
+            .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        assert_eq!(
+            decode_image(&jpeg, DecodeLimits::default())
+                .unwrap()
+                .dimensions(),
+            (224, 224)
+        );
+        for cut in [jpeg.len() / 3, jpeg.len() - 2] {
+            let result = decode_image(&jpeg[..cut], DecodeLimits::default());
+            assert!(
+                matches!(result, Err(VisionError::Undecodable(_))),
+                "a JPEG cut at {cut} was accepted"
+            );
+        }
     }
 
     fn crc32(bytes: &[u8]) -> u32 {

@@ -24,13 +24,8 @@ pub enum VisionError {
     #[error("the model has no classifier: only features are available")]
     NoClassifier,
     /// The image is larger than the configured limit; checked before any pixel is decoded.
-    #[error("image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]
-    TooManyPixels {
-        width: u32,
-        height: u32,
-        pixels: u64,
-        limit: u64,
-    },
+    #[error("image too large: {0}")]
+    TooLarge(String),
     /// The bytes are not an image in a supported format, or are corrupt.
     #[error("cannot decode image: {0}")]
     Undecodable(String),

@@ -99,16 +99,15 @@ impl<S: Send + Sync> FromRequest<S> for Images {
 async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(request, state)
         .await
-        .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))
+        .map_err(|e| ApiError::from_status(e.status(), e.body_text()))
 }
 
 /// File parts are images (in order); a text field `top_k` sets `top_k`; other fields are ignored.
 async fn from_multipart(mut multipart: Multipart) -> Result<Images, ApiError> {
     let mut images = Images::default();
     let malformed = |e: axum::extract::multipart::MultipartError| {
-        ApiError::new(
+        ApiError::from_status(
             e.status(),
-            "bad_multipart",
             format!("malformed multipart body: {}", e.body_text()),
         )
     };

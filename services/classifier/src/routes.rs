@@ -114,7 +114,7 @@ async fn infer(
 
 fn image_error(index: usize, error: VisionError) -> ApiError {
     match error {
-        VisionError::TooManyPixels { .. } => {
+        VisionError::TooLarge(_) => {
             ApiError::invalid("image_too_large", format!("image {index}: {error}"))
         }
         _ => ApiError::invalid("invalid_image", format!("image {index}: {error}")),

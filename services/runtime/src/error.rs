@@ -25,6 +25,23 @@ impl ApiError {
         }
     }
 
+    /// An error with the usual `code` for its status (`payload_too_large` for 413...).
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "invalid_api_key",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+            StatusCode::TOO_MANY_REQUESTS => "overloaded",
+            s if s.is_server_error() => "internal_error",
+            _ => "error",
+        };
+        Self::new(status, code, message)
+    }
+
     /// 400: the request cannot be parsed.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)

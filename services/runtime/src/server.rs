@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -133,6 +134,10 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
         .fallback(not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            args.max_body_bytes,
+            buffer_body,
+        ))
         .layer(middleware::from_fn_with_state(ctx, observe))
 }
 
@@ -313,6 +318,53 @@ async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) 
     }
 }
 
+/// Reads the whole request body before routing (every route needs all of it anyway), so that
+/// a request refused early (429, 401, 415...) still has its body read and the client, still
+/// sending, sees the answer rather than a reset connection. A body over `max` bytes is answered
+/// 413; up to four times `max` is read and discarded first for the same reason, beyond that the
+/// connection is closed.
+async fn buffer_body(State(max): State<usize>, request: Request, next: Next) -> Response {
+    let too_large = || {
+        ApiError::from_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the limit of {max} bytes"),
+        )
+        .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max.saturating_mul(4)) {
+        return too_large();
+    }
+    let (parts, mut body) = request.into_parts();
+    let mut buffered = Vec::with_capacity(declared.unwrap_or(0).min(max));
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                return ApiError::bad_request(format!("cannot read the request body: {e}"))
+                    .into_response()
+            }
+        };
+        if let Some(data) = frame.data_ref() {
+            total = total.saturating_add(data.len());
+            if total <= max {
+                buffered.extend_from_slice(data);
+            } else if total > max.saturating_mul(4) {
+                break;
+            }
+        }
+    }
+    if total > max {
+        return too_large();
+    }
+    next.run(Request::from_parts(parts, Body::from(buffered)))
+        .await
+}
+
 /// Rewrites framework rejections (unknown method, body too large, bad JSON...) that come as
 /// plain text into the JSON error body every other error has.
 async fn json_errors(request: Request, next: Next) -> Response {
@@ -333,16 +385,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
         "" => status.canonical_reason().unwrap_or("error").to_string(),
         text => text.to_string(),
     };
-    let code = match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
-        _ => "error",
-    };
-    let mut rewritten = ApiError::new(status, code, message).into_response();
+    let mut rewritten = ApiError::from_status(status, message).into_response();
     if let Some(allow) = parts.headers.get(header::ALLOW) {
         rewritten.headers_mut().insert(header::ALLOW, allow.clone());
     }

@@ -1,0 +1,527 @@
+//! The real `classifier` binary over real HTTP: every input form, the operational routes, bad
+//! input of every kind, the API key, and draining on SIGTERM.
+
+mod common;
+
+use base64::Engine;
+use common::{get, get_with, multipart, post, Server};
+use serde_json::{json, Value};
+
+fn fixture_image(name: &str) -> Vec<u8> {
+    std::fs::read(common::tiny_model().join("images").join(name)).unwrap()
+}
+
+fn reference() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(common::tiny_model().join("reference.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn tiny_server(extra: &[&str]) -> Server {
+    let model = common::tiny_model();
+    let mut args = vec!["--model", model.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Server::start(&args, &[])
+}
+
+/// timm's top-5 for a 224x224 PNG (no resize) must come back with probabilities within 1e-4.
+fn assert_matches_reference(predictions: &Value, expected: &Value) {
+    let got = predictions.as_array().unwrap();
+    let want = expected.as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "{predictions}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g["index"], w["index"], "got {predictions}, want {expected}");
+        assert_eq!(g["label"], w["label"]);
+        let (gs, ws) = (g["score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
+        assert!((gs - ws).abs() < 1e-4, "score {gs} vs reference {ws}");
+    }
+}
+
+#[test]
+fn every_input_form_matches_timm() {
+    let server = tiny_server(&[]);
+    let reference = reference();
+    let names = [
+        "synthetic-0-224x224.png",
+        "synthetic-1-224x224.png",
+        "synthetic-2-224x224.png",
+    ];
+
+    for name in names {
+        let answer = post(
+            &server.url("/v1/classify"),
+            Some("image/png"),
+            &fixture_image(name),
+            &[],
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        let body = answer.json();
+        assert_eq!(body["model"], "mobilenetv2-tiny");
+        assert_matches_reference(
+            &body["results"][0]["predictions"],
+            &reference["images"][name]["top5"],
+        );
+    }
+
+    // Raw bytes with a generic type are sniffed; `/` and `/invocations` are the same endpoint.
+    for path in ["/", "/invocations"] {
+        let answer = post(
+            &server.url(path),
+            Some("application/octet-stream"),
+            &fixture_image(names[0]),
+            &[],
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_matches_reference(
+            &answer.json()["results"][0]["predictions"],
+            &reference["images"][names[0]]["top5"],
+        );
+    }
+
+    // Multipart: one result per file part, in order; top_k as a form field.
+    let images: Vec<Vec<u8>> = names.iter().map(|n| fixture_image(n)).collect();
+    let files: Vec<(&str, &str, &[u8])> = names
+        .iter()
+        .zip(&images)
+        .map(|(n, b)| ("file", *n, b.as_slice()))
+        .collect();
+    let (content_type, body) = multipart(&files, &[("top_k", "3")]);
+    let answer = post(&server.url("/v1/classify"), Some(&content_type), &body, &[]);
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let results = answer.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 3);
+    for (result, name) in results.iter().zip(names) {
+        let want: Vec<Value> = reference["images"][name]["top5"].as_array().unwrap()[..3].to_vec();
+        assert_matches_reference(&result["predictions"], &Value::Array(want));
+    }
+
+    // JSON with base64 (plain and as a data URL); top_k in the body.
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let request = json!({
+        "images": [b64(&images[2]), format!("data:image/png;base64,{}", b64(&images[0]))],
+        "top_k": 2,
+        "model": "anything",
+    });
+    let answer = post(
+        &server.url("/v1/classify"),
+        Some("application/json"),
+        request.to_string().as_bytes(),
+        &[],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let results = answer.json()["results"].clone();
+    assert_eq!(results[0]["predictions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        results[0]["predictions"][0]["index"],
+        reference["images"][names[2]]["top5"][0]["index"]
+    );
+    assert_eq!(
+        results[1]["predictions"][0]["index"],
+        reference["images"][names[0]]["top5"][0]["index"]
+    );
+
+    // top_k as a query parameter.
+    let answer = post(
+        &server.url("/v1/classify?top_k=1"),
+        Some("image/png"),
+        &images[1],
+        &[],
+    );
+    assert_eq!(
+        answer.json()["results"][0]["predictions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Features: the pooled vector, whose first values timm also printed.
+    let answer = post(
+        &server.url("/v1/features"),
+        Some("image/png"),
+        &images[0],
+        &[],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let body = answer.json();
+    assert_eq!(body["dim"], 64);
+    let features = body["results"][0]["features"].as_array().unwrap();
+    assert_eq!(features.len(), 64);
+    for (got, want) in features.iter().zip(
+        reference["images"][names[0]]["features_head"]
+            .as_array()
+            .unwrap(),
+    ) {
+        assert!(
+            (got.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-4,
+            "{got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn resized_image_agrees_with_timm_on_top1() {
+    let server = tiny_server(&[]);
+    let name = "synthetic-3-300x200.png";
+    let answer = post(
+        &server.url("/v1/classify"),
+        Some("image/png"),
+        &fixture_image(name),
+        &[],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.json()["results"][0]["predictions"][0]["index"],
+        reference()["images"][name]["top5"][0]["index"]
+    );
+}
+
+#[test]
+fn operational_routes() {
+    let server = tiny_server(&[]);
+    let health = get(&server.url("/health"));
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "ready");
+    assert_eq!(get(&server.url("/v2/health/live")).status, 200);
+    assert_eq!(get(&server.url("/v2/health/ready")).status, 200);
+
+    let models = get(&server.url("/v1/models")).json();
+    let card = &models["data"][0];
+    assert_eq!(models["object"], "list");
+    assert_eq!(card["id"], "mobilenetv2-tiny");
+    assert_eq!(card["details"]["num_classes"], 10);
+    assert_eq!(card["details"]["labels"][4], "tulips");
+    assert!(
+        card["checksum"].as_str().unwrap().starts_with("sha256:"),
+        "{card}"
+    );
+    let phases: Vec<&str> = card["init_phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "resolve_weights",
+            "read_config",
+            "load_weights",
+            "build_model",
+            "warm_up",
+            "bind"
+        ]
+    );
+
+    post(
+        &server.url("/v1/classify"),
+        Some("image/png"),
+        &fixture_image("synthetic-0-224x224.png"),
+        &[],
+    );
+    post(
+        &server.url("/v1/classify"),
+        Some("text/plain"),
+        b"hello",
+        &[],
+    );
+    let metrics = get(&server.url("/metrics"));
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.content_type.starts_with("text/plain"));
+    for needle in [
+        "http_requests_total{route=\"/v1/classify\",method=\"POST\",status=\"200\"} 1",
+        "http_requests_total{route=\"/v1/classify\",method=\"POST\",status=\"415\"} 1",
+        "http_request_duration_seconds_bucket{route=\"/v1/classify\",le=\"+Inf\"} 2",
+        "http_requests_in_flight 1",
+        "model_batch_size_count 1",
+        "init_phase_duration_seconds{phase=\"warm_up\"}",
+    ] {
+        assert!(
+            metrics.text.contains(needle),
+            "missing `{needle}` in\n{}",
+            metrics.text
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_get_4xx_json_errors_and_the_server_stays_healthy() {
+    let server = tiny_server(&["--max-body-bytes", "200000"]);
+    let url = server.url("/v1/classify");
+    let png = fixture_image("synthetic-0-224x224.png");
+
+    // A truncated image: a real PNG cut in half.
+    assert_eq!(
+        post(&url, Some("image/png"), &png[..png.len() / 2], &[]).expect_error(422),
+        "invalid_image"
+    );
+    // A truncated JPEG (from shared data when present, else a JPEG header alone).
+    let jpeg = common::shared_data("flowers5/tulips")
+        .and_then(|dir| std::fs::read_dir(dir).ok()?.flatten().next())
+        .map(|entry| std::fs::read(entry.path()).unwrap())
+        .unwrap_or_else(|| {
+            b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00".to_vec()
+        });
+    assert_eq!(
+        post(&url, Some("image/jpeg"), &jpeg[..jpeg.len() / 3], &[]).expect_error(422),
+        "invalid_image"
+    );
+    assert_eq!(
+        post(&url, Some("image/png"), b"", &[]).expect_error(400),
+        "bad_request"
+    );
+    assert_eq!(
+        post(
+            &url,
+            Some("image/jpeg"),
+            b"just some text, not an image",
+            &[]
+        )
+        .expect_error(422),
+        "invalid_image"
+    );
+
+    // A PNG header claiming 50000x50000 pixels: refused before decoding.
+    let bomb = common::png_claiming(50_000, 50_000);
+    let answer = post(&url, Some("image/png"), &bomb, &[]);
+    assert_eq!(answer.expect_error(422), "image_too_large");
+    assert!(answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("50000x50000"));
+
+    assert_eq!(
+        post(&url, Some("text/plain"), &png, &[]).expect_error(415),
+        "unsupported_media_type"
+    );
+    assert_eq!(
+        post(&url, None, &png, &[]).expect_error(415),
+        "unsupported_media_type"
+    );
+    let bad_base64 = json!({"images": ["not base64 at all!!"]}).to_string();
+    assert_eq!(
+        post(&url, Some("application/json"), bad_base64.as_bytes(), &[]).expect_error(422),
+        "invalid_base64"
+    );
+    assert_eq!(
+        post(&url, Some("application/json"), b"{\"images\": [", &[]).expect_error(400),
+        "bad_request"
+    );
+    assert_eq!(
+        post(&url, Some("application/json"), b"{\"images\": []}", &[]).expect_error(400),
+        "bad_request"
+    );
+    let wrong_type = json!({"images": "abc"}).to_string();
+    assert_eq!(
+        post(&url, Some("application/json"), wrong_type.as_bytes(), &[]).expect_error(400),
+        "bad_request"
+    );
+    let malformed =
+        b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nabc";
+    post(
+        &url,
+        Some("multipart/form-data; boundary=xyz"),
+        malformed,
+        &[],
+    )
+    .expect_error(400);
+    post(&url, Some("multipart/form-data"), &png, &[]).expect_error(400);
+    let (ct, no_files) = multipart(&[], &[("note", "no files here")]);
+    assert_eq!(
+        post(&url, Some(&ct), &no_files, &[]).expect_error(400),
+        "bad_request"
+    );
+
+    for top_k in ["0", "100000"] {
+        let answer = post(
+            &format!("{url}?top_k={top_k}"),
+            Some("image/png"),
+            &png,
+            &[],
+        );
+        assert_eq!(answer.expect_error(422), "invalid_top_k");
+    }
+    post(&format!("{url}?top_k=-1"), Some("image/png"), &png, &[]).expect_error(400);
+    let json_top_k = json!({"images": [base64::engine::general_purpose::STANDARD.encode(&png)], "top_k": 100000});
+    assert_eq!(
+        post(
+            &url,
+            Some("application/json"),
+            json_top_k.to_string().as_bytes(),
+            &[]
+        )
+        .expect_error(422),
+        "invalid_top_k"
+    );
+
+    let too_big = vec![0u8; 300_000];
+    assert_eq!(
+        post(&url, Some("image/png"), &too_big, &[]).expect_error(413),
+        "payload_too_large"
+    );
+
+    assert_eq!(
+        get(&server.url("/no/such/route")).expect_error(404),
+        "not_found"
+    );
+    assert_eq!(get(&url).expect_error(405), "method_not_allowed");
+
+    // Still healthy, and still right.
+    assert_eq!(get(&server.url("/health")).status, 200);
+    let answer = post(&url, Some("image/png"), &png, &[]);
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_matches_reference(
+        &answer.json()["results"][0]["predictions"],
+        &reference()["images"]["synthetic-0-224x224.png"]["top5"],
+    );
+}
+
+#[test]
+fn api_key_guards_everything_but_health() {
+    let model = common::tiny_model();
+    let server = Server::start(
+        &["--model", model.to_str().unwrap()],
+        &[("API_KEY", "s3cret")],
+    );
+    let png = fixture_image("synthetic-0-224x224.png");
+    assert_eq!(get(&server.url("/health")).status, 200);
+    assert_eq!(
+        post(&server.url("/v1/classify"), Some("image/png"), &png, &[]).expect_error(401),
+        "invalid_api_key"
+    );
+    let wrong = [("Authorization", "Bearer nope")];
+    assert_eq!(
+        post(&server.url("/v1/classify"), Some("image/png"), &png, &wrong).expect_error(401),
+        "invalid_api_key"
+    );
+    assert_eq!(
+        get(&server.url("/metrics")).expect_error(401),
+        "invalid_api_key"
+    );
+    let right = [("Authorization", "Bearer s3cret")];
+    assert_eq!(
+        post(&server.url("/v1/classify"), Some("image/png"), &png, &right).status,
+        200
+    );
+    assert_eq!(get_with(&server.url("/v1/models"), &right).status, 200);
+}
+
+#[test]
+fn concurrency_limit_answers_429_with_retry_after() {
+    let server = tiny_server(&["--max-concurrency", "1"]);
+    let png = fixture_image("synthetic-0-224x224.png");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let heavy = json!({"images": vec![b64; 48]}).to_string();
+    let url = server.url("/v1/classify");
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    let answer = post(&url, Some("application/json"), heavy.as_bytes(), &[]);
+                    (answer.status, answer.retry_after.clone())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().any(|(s, _)| *s == 200), "{statuses:?}");
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(!refused.is_empty(), "no request was refused: {statuses:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, retry)| retry.as_deref() == Some("1")),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let server = tiny_server(&[]);
+    let png = fixture_image("synthetic-0-224x224.png");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let heavy = json!({"images": vec![b64; 48]}).to_string();
+    let url = server.url("/v1/classify");
+    let (answers, status) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| post(&url, Some("application/json"), heavy.as_bytes(), &[])))
+            .collect();
+        // Wait until the requests are being answered, then ask the server to stop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !server_has_in_flight(&server) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "requests never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let status = server.terminate();
+        (
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>(),
+            status,
+        )
+    });
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    for answer in answers {
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.json()["results"].as_array().unwrap().len(), 48);
+    }
+}
+
+/// True once the server reports a model batch in flight (requests beyond the metrics call).
+fn server_has_in_flight(server: &Server) -> bool {
+    let metrics = get(&server.url("/metrics")).text;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("http_requests_in_flight "))
+        .and_then(|v| v.parse::<i64>().ok())
+        .is_some_and(|n| n > 1)
+}
+
+#[test]
+fn real_flower_photos_are_classified() {
+    let Some(dir) = common::shared_data("flowers5") else {
+        return;
+    };
+    let server = tiny_server(&[]);
+    for class in ["daisy", "tulips"] {
+        let photos: Vec<_> = std::fs::read_dir(dir.join(class))
+            .unwrap()
+            .flatten()
+            .take(3)
+            .collect();
+        for photo in photos {
+            let answer = post(
+                &server.url("/v1/classify"),
+                Some("image/jpeg"),
+                &std::fs::read(photo.path()).unwrap(),
+                &[],
+            );
+            assert_eq!(
+                answer.status,
+                200,
+                "{}: {}",
+                photo.path().display(),
+                answer.text
+            );
+            let predictions = answer.json()["results"][0]["predictions"]
+                .as_array()
+                .unwrap()
+                .clone();
+            assert_eq!(predictions.len(), 5);
+            let total: f64 = predictions
+                .iter()
+                .map(|p| p["score"].as_f64().unwrap())
+                .sum();
+            assert!(total > 0.0 && total <= 1.0 + 1e-5);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Helpers for end-to-end tests: start the real `classifier` binary on a free port, talk HTTP to
+//! it, and find the committed fixtures and the shared data.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_classifier");
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The tiny timm-layout MobileNetV2 written by `scripts/make_fixtures.py`.
+pub fn tiny_model() -> PathBuf {
+    root().join("tests/fixtures/mobilenetv2-tiny")
+}
+
+/// `../shared/data/<rel>` beside the checkout, or `None` with a printed reason.
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let path = root().join("../shared/data").join(rel);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipped: {} is absent (tests read it from ../shared/data)",
+            path.display()
+        );
+        None
+    }
+}
+
+/// A fresh empty directory under the system temp directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "classifier-test-{name}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running `classifier serve`, killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    /// Log lines after "ready", for tests that look at the log.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `classifier serve --port 0 <args>` and waits for its "ready" log line.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(BINARY);
+        command
+            .arg("serve")
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args);
+        command
+            .env_remove("PORT")
+            .env_remove("API_KEY")
+            .env_remove("MODEL");
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start classifier");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "classifier did not become ready; status {:?}",
+                        child.try_wait()
+                    )
+                });
+            let Ok(json) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if json["fields"]["message"] == "ready" {
+                let address = json["fields"]["address"].as_str().unwrap().to_string();
+                return Server {
+                    child: Some(child),
+                    base: format!("http://{address}"),
+                    log: rx,
+                };
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        wait_with_timeout(&mut child, Duration::from_secs(30))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP answer: status, headers we look at, body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub retry_after: Option<String>,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// Asserts an OpenAI-style JSON error with this status and returns its `code`.
+    pub fn expect_error(&self, status: u16) -> String {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "error is not JSON: {self:?}"
+        );
+        let body = self.json();
+        let error = &body["error"];
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "no message: {body}"
+        );
+        assert!(error["type"].is_string(), "no type: {body}");
+        error["code"].as_str().expect("code").to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = response.status();
+    let content_type = response.header("content-type").unwrap_or("").to_string();
+    let retry_after = response.header("retry-after").map(str::to_string);
+    let mut text = String::new();
+    response.into_reader().read_to_string(&mut text).unwrap();
+    Answer {
+        status,
+        content_type,
+        retry_after,
+        text,
+    }
+}
+
+pub fn get(url: &str) -> Answer {
+    answer(agent().get(url).call())
+}
+
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = agent().get(url);
+    for (k, v) in headers {
+        request = request.set(k, v);
+    }
+    answer(request.call())
+}
+
+/// POSTs `body` with an optional Content-Type and extra headers.
+pub fn post(
+    url: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut request = agent().post(url);
+    if let Some(ct) = content_type {
+        request = request.set("Content-Type", ct);
+    }
+    for (k, v) in headers {
+        request = request.set(k, v);
+    }
+    answer(request.send_bytes(body))
+}
+
+/// A multipart/form-data body of file parts (name, file name, bytes) and text fields.
+pub fn multipart(files: &[(&str, &str, &[u8])], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let boundary = "----classifier-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, file_name, bytes) in files {
+        body.extend(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).as_bytes());
+        body.extend(*bytes);
+        body.extend(b"\r\n");
+    }
+    for (name, value) in fields {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A tiny PNG whose header claims `width` x `height` pixels: a decompression-bomb stand-in.
+pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    for chunk in [&ihdr[..], b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01", b"IEND"] {
+        png.extend((chunk.len() as u32 - 4).to_be_bytes());
+        png.extend(chunk);
+        png.extend(crc32(chunk).to_be_bytes());
+    }
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
