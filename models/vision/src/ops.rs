@@ -356,3 +356,169 @@ pub fn conv2d(
     let y = linear(&patches, weight, bias, activation)?;
     y.reshape((n, oh, ow, weight.dim(1)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    /// Deterministic values in [-1, 1) (a linear congruential generator).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Candle's own convolution on NCHW with explicit zero padding, as the reference.
+    fn reference_conv(
+        x_nhwc: &Tensor,
+        weight_oihw: &Tensor,
+        bias: &Tensor,
+        geometry: ConvGeometry,
+        groups: usize,
+    ) -> Tensor {
+        let (_, h, w, _) = x_nhwc.dims4().unwrap();
+        let (k, s) = (geometry.kernel, geometry.stride);
+        let (oh, top) = geometry.padding.output_and_pad_before(h, k, s);
+        let (ow, left) = geometry.padding.output_and_pad_before(w, k, s);
+        let bottom = ((oh - 1) * s + k).saturating_sub(h + top);
+        let right = ((ow - 1) * s + k).saturating_sub(w + left);
+        let x = x_nhwc.permute((0, 3, 1, 2)).unwrap();
+        let x = x
+            .pad_with_zeros(2, top, bottom)
+            .unwrap()
+            .pad_with_zeros(3, left, right)
+            .unwrap();
+        let y = x
+            .contiguous()
+            .unwrap()
+            .conv2d(weight_oihw, 0, s, 1, groups)
+            .unwrap();
+        let y = y
+            .broadcast_add(&bias.reshape((1, (), 1, 1)).unwrap())
+            .unwrap()
+            .clamp(0f32, 6f32)
+            .unwrap();
+        y.permute((0, 2, 3, 1)).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    const CASES: [(usize, usize, usize, usize, usize, Padding); 9] = [
+        // (height, width, channels, kernel, stride, padding)
+        (7, 9, 5, 3, 1, Padding::Symmetric),
+        (8, 8, 16, 3, 2, Padding::Symmetric),
+        (11, 6, 3, 3, 2, Padding::Symmetric),
+        (11, 6, 3, 3, 2, Padding::TfSame),
+        (10, 10, 8, 3, 2, Padding::TfSame),
+        (9, 9, 4, 3, 1, Padding::TfSame),
+        (13, 7, 6, 5, 2, Padding::TfSame),
+        (5, 5, 2, 5, 1, Padding::Symmetric),
+        (1, 1, 3, 3, 1, Padding::Symmetric),
+    ];
+
+    #[test]
+    fn depthwise_matches_candle_grouped_conv() {
+        let dev = Device::Cpu;
+        for (i, &(h, w, c, k, stride, padding)) in CASES.iter().enumerate() {
+            let geometry = ConvGeometry {
+                kernel: k,
+                stride,
+                padding,
+            };
+            let x = Tensor::from_vec(values(2 * h * w * c, i as u64), (2, h, w, c), &dev).unwrap();
+            let weight =
+                Tensor::from_vec(values(c * k * k, 100 + i as u64), (c, 1, k, k), &dev).unwrap();
+            let bias = Tensor::from_vec(values(c, 200 + i as u64), c, &dev).unwrap();
+            let expected = reference_conv(&x, &weight, &bias, geometry, c);
+            let kernel_weight = weight
+                .reshape((c, k, k))
+                .unwrap()
+                .permute((1, 2, 0))
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let got =
+                depthwise_conv(&x, &kernel_weight, &bias, geometry, Activation::Relu6).unwrap();
+            let diff = max_abs_diff(&got, &expected);
+            assert!(
+                diff < 1e-5,
+                "case {i} {:?}: max difference {diff}",
+                CASES[i]
+            );
+        }
+    }
+
+    #[test]
+    fn dense_conv_matches_candle_conv() {
+        let dev = Device::Cpu;
+        for (i, &(h, w, c, k, stride, padding)) in CASES.iter().enumerate() {
+            let out = 7;
+            let geometry = ConvGeometry {
+                kernel: k,
+                stride,
+                padding,
+            };
+            let x = Tensor::from_vec(values(2 * h * w * c, i as u64), (2, h, w, c), &dev).unwrap();
+            let weight = Tensor::from_vec(
+                values(out * c * k * k, 300 + i as u64),
+                (out, c, k, k),
+                &dev,
+            )
+            .unwrap();
+            let bias = Tensor::from_vec(values(out, 400 + i as u64), out, &dev).unwrap();
+            let expected = reference_conv(&x, &weight, &bias, geometry, 1);
+            let kernel_weight = weight
+                .permute((2, 3, 1, 0))
+                .unwrap()
+                .reshape((k * k * c, out))
+                .unwrap();
+            let got = conv2d(
+                &x,
+                &kernel_weight.contiguous().unwrap(),
+                &bias,
+                geometry,
+                Activation::Relu6,
+            )
+            .unwrap();
+            let diff = max_abs_diff(&got, &expected);
+            assert!(
+                diff < 1e-5,
+                "case {i} {:?}: max difference {diff}",
+                CASES[i]
+            );
+        }
+    }
+
+    #[test]
+    fn tf_same_puts_the_extra_padding_after() {
+        assert_eq!(Padding::TfSame.output_and_pad_before(160, 3, 2), (80, 0));
+        assert_eq!(Padding::TfSame.output_and_pad_before(7, 3, 2), (4, 1));
+        assert_eq!(Padding::TfSame.output_and_pad_before(10, 3, 1), (10, 1));
+        assert_eq!(
+            Padding::Symmetric.output_and_pad_before(224, 3, 2),
+            (112, 1)
+        );
+    }
+}
