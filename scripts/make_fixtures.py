@@ -90,6 +90,29 @@ def synthetic_images():
     return images
 
 
+FLOWERS = ROOT.parent / "shared" / "data" / "flowers5"
+FLOWERS_CFG = {"input_size": [3, 160, 160], "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center",
+               "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def flowers_reference(model):
+    """timm's logits on real photos with a resizing transform (256 -> 182 bicubic, crop 160):
+    the preprocessing parity check. Written only where ../shared/data/flowers5 exists."""
+    if not FLOWERS.is_dir():
+        print(f"skipped flowers-reference.json: {FLOWERS} is absent")
+        return
+    from timm.data import create_transform, resolve_data_config
+
+    transform = create_transform(**resolve_data_config(pretrained_cfg=FLOWERS_CFG))
+    photos = sorted(p.relative_to(FLOWERS).as_posix() for p in FLOWERS.glob("*/*.jpg"))[::400]
+    reference = {"pretrained_cfg": FLOWERS_CFG, "photos": {}}
+    for rel in photos:
+        with torch.no_grad():
+            x = transform(Image.open(FLOWERS / rel).convert("RGB")).unsqueeze(0)
+            reference["photos"][rel] = [float(v) for v in model(x)[0]]
+    (FIXTURE / "flowers-reference.json").write_text(json.dumps(reference, indent=1) + "\n")
+
+
 def main():
     torch.manual_seed(0)
     imagenet_labels()
@@ -138,6 +161,7 @@ def main():
             "features_head": [float(v) for v in features[0, :8]],
         }
     (FIXTURE / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
+    flowers_reference(model)
 
 
 if __name__ == "__main__":

@@ -43,11 +43,7 @@ impl FakeHub {
     }
 }
 
-fn answer(
-    stream: std::net::TcpStream,
-    dir: &Path,
-    seen: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
+fn answer(stream: std::net::TcpStream, dir: &Path, seen: &Mutex<Vec<String>>) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
@@ -55,11 +51,7 @@ fn answer(
         if reader.read_line(&mut request_line)? == 0 {
             return Ok(());
         }
-        let path = request_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("")
-            .to_string();
+        let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
         let mut range = (0, None);
         loop {
             let mut header = String::new();
@@ -80,7 +72,10 @@ fn answer(
             .map(|f| dir.join(f))
             .filter(|p| p.is_file());
         let Some(file) = file else {
-            write!(writer, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nX-Error-Code: EntryNotFound\r\n\r\n")?;
+            write!(
+                writer,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nX-Error-Code: EntryNotFound\r\n\r\n"
+            )?;
             continue;
         };
         let bytes = std::fs::read(&file)?;
@@ -149,10 +144,7 @@ fn first_start_downloads_second_start_makes_no_request() {
         String::from_utf8_lossy(&first.stderr)
     );
     let after_first = hub.request_count();
-    assert!(
-        after_first >= 2,
-        "expected downloads, saw {after_first} requests"
-    );
+    assert!(after_first >= 2, "expected downloads, saw {after_first} requests");
     let cached = hf_home
         .join("hub/models--acme--mobilenetv2-tiny/snapshots")
         .join(COMMIT)
@@ -172,11 +164,7 @@ fn first_start_downloads_second_start_makes_no_request() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    assert_eq!(
-        hub.request_count(),
-        after_first,
-        "the second start made requests"
-    );
+    assert_eq!(hub.request_count(), after_first, "the second start made requests");
 
     let offline = predict(&hub, &hf_home, REPO, &[("HF_HUB_OFFLINE", "1")]);
     assert!(
@@ -197,11 +185,7 @@ fn offline_without_cache_fails_with_exit_2_and_one_line() {
     let lines = stderr_lines(&output);
     assert_eq!(lines.len(), 1, "{lines:?}");
     for needle in [REPO, "config.json", "HF_HUB_OFFLINE", "--model"] {
-        assert!(
-            lines[0].contains(needle),
-            "`{needle}` missing from: {}",
-            lines[0]
-        );
+        assert!(lines[0].contains(needle), "`{needle}` missing from: {}", lines[0]);
     }
 }
 
@@ -214,11 +198,7 @@ fn missing_file_fails_with_exit_2_and_one_line() {
     let lines = stderr_lines(&output);
     assert_eq!(lines.len(), 1, "{lines:?}");
     for needle in [REPO, "config.json", "--model"] {
-        assert!(
-            lines[0].contains(needle),
-            "`{needle}` missing from: {}",
-            lines[0]
-        );
+        assert!(lines[0].contains(needle), "`{needle}` missing from: {}", lines[0]);
     }
 }
 
@@ -227,11 +207,7 @@ fn bad_model_values_fail_with_exit_2() {
     let hub = FakeHub::serve(common::tiny_model());
     let hf_home = common::temp_dir("hub-bad");
     let empty_dir = common::temp_dir("hub-local-empty");
-    for model in [
-        "not a repo id",
-        "./no/such/dir",
-        empty_dir.to_str().unwrap(),
-    ] {
+    for model in ["not a repo id", "./no/such/dir", empty_dir.to_str().unwrap()] {
         let output = predict(&hub, &hf_home, model, &[]);
         assert_eq!(output.status.code(), Some(2), "{model}");
         assert_eq!(

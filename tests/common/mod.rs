@@ -46,10 +46,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "classifier-test-{name}-{}-{nanos}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("classifier-test-{name}-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -95,12 +92,7 @@ impl Server {
         loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "classifier did not become ready; status {:?}",
-                        child.try_wait()
-                    )
-                });
+                .unwrap_or_else(|_| panic!("classifier did not become ready; status {:?}", child.try_wait()));
             let Ok(json) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
@@ -174,11 +166,7 @@ impl Answer {
 
     /// Asserts an OpenAI-style JSON error with this status and returns its `code`.
     pub fn expect_error(&self, status: u16) -> String {
-        assert_eq!(
-            self.status, status,
-            "unexpected status; body: {}",
-            self.text
-        );
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
         assert!(
             self.content_type.starts_with("application/json"),
             "error is not JSON: {self:?}"
@@ -195,9 +183,7 @@ impl Answer {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build()
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
 }
 
 fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
@@ -232,12 +218,7 @@ pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
 }
 
 /// POSTs `body` with an optional Content-Type and extra headers.
-pub fn post(
-    url: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-    headers: &[(&str, &str)],
-) -> Answer {
+pub fn post(url: &str, content_type: Option<&str>, body: &[u8], headers: &[(&str, &str)]) -> Answer {
     let mut request = agent().post(url);
     if let Some(ct) = content_type {
         request = request.set("Content-Type", ct);
@@ -260,7 +241,10 @@ pub fn multipart(files: &[(&str, &str, &[u8])], fields: &[(&str, &str)]) -> (Str
         body.extend(b"\r\n");
     }
     for (name, value) in fields {
-        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+        body.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
     }
     body.extend(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)

@@ -41,10 +41,7 @@ pub enum ModelSource {
     /// A directory used as it is.
     Local(PathBuf),
     /// A hub repository, at a revision (a branch, tag or commit; `main` when absent).
-    Hub {
-        repo: String,
-        revision: Option<String>,
-    },
+    Hub { repo: String, revision: Option<String> },
 }
 
 impl FromStr for ModelSource {
@@ -63,8 +60,7 @@ impl FromStr for ModelSource {
         let valid_part = |s: &str| {
             !s.is_empty()
                 && !s.starts_with('.')
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
         match repo.split_once('/') {
             Some((owner, name))
@@ -90,10 +86,7 @@ impl fmt::Display for ModelSource {
                 repo,
                 revision: Some(revision),
             } => write!(f, "{repo}@{revision}"),
-            Self::Hub {
-                repo,
-                revision: None,
-            } => write!(f, "{repo}"),
+            Self::Hub { repo, revision: None } => write!(f, "{repo}"),
         }
     }
 }
@@ -115,18 +108,17 @@ impl ModelSource {
             }
             Self::Hub { repo, revision } => {
                 let hub_repo = match revision {
-                    Some(revision) => {
-                        Repo::with_revision(repo.clone(), RepoType::Model, revision.clone())
-                    }
+                    Some(revision) => Repo::with_revision(repo.clone(), RepoType::Model, revision.clone()),
                     None => Repo::new(repo.clone(), RepoType::Model),
                 };
                 if offline() {
-                    return Cache::from_env().repo(hub_repo).get(file).ok_or_else(|| {
-                        HubError::NotCached {
+                    return Cache::from_env()
+                        .repo(hub_repo)
+                        .get(file)
+                        .ok_or_else(|| HubError::NotCached {
                             repo: self.to_string(),
                             file: file.to_string(),
-                        }
-                    });
+                        });
                 }
                 let download_error = |reason: String| HubError::Download {
                     repo: self.to_string(),
@@ -164,9 +156,7 @@ mod tests {
     #[test]
     fn parses_repo_ids_and_revisions() {
         assert_eq!(
-            "timm/mobilenetv2_100.ra_in1k"
-                .parse::<ModelSource>()
-                .unwrap(),
+            "timm/mobilenetv2_100.ra_in1k".parse::<ModelSource>().unwrap(),
             ModelSource::Hub {
                 repo: "timm/mobilenetv2_100.ra_in1k".into(),
                 revision: None
@@ -187,10 +177,7 @@ mod tests {
             "owner/name@",
             "own er/x",
         ] {
-            assert!(
-                bad.parse::<ModelSource>().is_err(),
-                "{bad} should be refused"
-            );
+            assert!(bad.parse::<ModelSource>().is_err(), "{bad} should be refused");
         }
     }
 
@@ -200,9 +187,6 @@ mod tests {
         let source: ModelSource = dir.to_str().unwrap().parse().unwrap();
         assert_eq!(source, ModelSource::Local(dir.clone()));
         let err = source.fetch("surely-not-here.safetensors").unwrap_err();
-        assert!(
-            err.to_string().contains("surely-not-here.safetensors"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("surely-not-here.safetensors"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ pub mod image_input;
 pub mod mobilenetv2;
 pub mod ops;
 pub mod pipeline;
+pub mod resample;
 
 pub use config::{ModelConfig, Preprocessing};
 pub use image_input::{decode_image, DecodeLimits};

@@ -102,10 +102,7 @@ impl MobileNetV2 {
     /// Builds the network from timm-layout tensors (`conv_stem`, `bn1`, `blocks.S.B.*`,
     /// `conv_head`, `bn2`, `classifier`). The classifier is optional: a backbone-only file
     /// answers features.
-    pub fn from_tensors(
-        tensors: &BTreeMap<String, Tensor>,
-        arch: Architecture,
-    ) -> Result<Self, VisionError> {
+    pub fn from_tensors(tensors: &BTreeMap<String, Tensor>, arch: Architecture) -> Result<Self, VisionError> {
         let loader = Loader { tensors, arch };
         let stem = loader.dense("conv_stem", "bn1", 2)?;
         let mut blocks = Vec::new();
@@ -218,9 +215,7 @@ impl Loader<'_> {
     /// Scale and shift of an inference-mode BatchNorm: `y = x * scale + shift`.
     fn batch_norm(&self, prefix: &str, channels: usize) -> Result<(Tensor, Tensor), VisionError> {
         let get = |field: &str| -> Result<Tensor, VisionError> {
-            let t = self
-                .get(&format!("{prefix}.{field}"))?
-                .to_dtype(DType::F32)?;
+            let t = self.get(&format!("{prefix}.{field}"))?.to_dtype(DType::F32)?;
             if t.dims() != [channels] {
                 return Err(VisionError::Weights(format!(
                     "`{prefix}.{field}` has shape {:?}, expected [{channels}]",
@@ -302,32 +297,17 @@ impl Loader<'_> {
     }
 
     fn block(&self, prefix: &str, stride: usize) -> Result<Block, VisionError> {
-        if self
-            .tensors
-            .contains_key(&format!("{prefix}.conv_pwl.weight"))
-        {
+        if self.tensors.contains_key(&format!("{prefix}.conv_pwl.weight")) {
             Ok(Block {
-                expand: Some(self.dense(
-                    &format!("{prefix}.conv_pw"),
-                    &format!("{prefix}.bn1"),
-                    1,
-                )?),
-                depthwise: self.depthwise(
-                    &format!("{prefix}.conv_dw"),
-                    &format!("{prefix}.bn2"),
-                    stride,
-                )?,
+                expand: Some(self.dense(&format!("{prefix}.conv_pw"), &format!("{prefix}.bn1"), 1)?),
+                depthwise: self.depthwise(&format!("{prefix}.conv_dw"), &format!("{prefix}.bn2"), stride)?,
                 project: self.dense(&format!("{prefix}.conv_pwl"), &format!("{prefix}.bn3"), 1)?,
                 residual: false,
             })
         } else {
             Ok(Block {
                 expand: None,
-                depthwise: self.depthwise(
-                    &format!("{prefix}.conv_dw"),
-                    &format!("{prefix}.bn1"),
-                    stride,
-                )?,
+                depthwise: self.depthwise(&format!("{prefix}.conv_dw"), &format!("{prefix}.bn1"), stride)?,
                 project: self.dense(&format!("{prefix}.conv_pw"), &format!("{prefix}.bn2"), 1)?,
                 residual: false,
             })
@@ -337,12 +317,10 @@ impl Loader<'_> {
 
 /// Loads the tensors of a safetensors file onto the CPU through a memory map.
 pub fn load_safetensors(path: &std::path::Path) -> Result<BTreeMap<String, Tensor>, VisionError> {
-    let unreadable = |e: candle_core::Error| {
-        VisionError::Weights(format!("cannot read {}: {e}", path.display()))
-    };
+    let unreadable =
+        |e: candle_core::Error| VisionError::Weights(format!("cannot read {}: {e}", path.display()));
     // SAFETY: the map is read-only and dropped before returning; every tensor is copied out of it.
-    let file =
-        unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(unreadable)?;
+    let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(unreadable)?;
     file.tensors()
         .into_iter()
         .map(|(name, _)| {

@@ -22,12 +22,7 @@ pub enum Padding {
 
 impl Padding {
     /// Output size and padding before the first element, along one spatial axis.
-    pub fn output_and_pad_before(
-        self,
-        input: usize,
-        kernel: usize,
-        stride: usize,
-    ) -> (usize, usize) {
+    pub fn output_and_pad_before(self, input: usize, kernel: usize, stride: usize) -> (usize, usize) {
         match self {
             Padding::Symmetric => {
                 let pad = kernel / 2;
@@ -87,12 +82,12 @@ impl ConvGeometry {
         if height == 0 || width == 0 {
             candle_core::bail!("empty spatial input {dims:?}")
         }
-        let (out_height, pad_top) =
-            self.padding
-                .output_and_pad_before(height, self.kernel, self.stride);
-        let (out_width, pad_left) =
-            self.padding
-                .output_and_pad_before(width, self.kernel, self.stride);
+        let (out_height, pad_top) = self
+            .padding
+            .output_and_pad_before(height, self.kernel, self.stride);
+        let (out_width, pad_left) = self
+            .padding
+            .output_and_pad_before(width, self.kernel, self.stride);
         Ok(Plan {
             batch,
             height,
@@ -160,8 +155,7 @@ impl CustomOp3 for DepthwiseConv {
             .for_each(|(row, out_row)| {
                 let n = row / plan.out_height;
                 let oy = row % plan.out_height;
-                let image =
-                    &x[n * plan.height * plan.width * c..(n + 1) * plan.height * plan.width * c];
+                let image = &x[n * plan.height * plan.width * c..(n + 1) * plan.height * plan.width * c];
                 depthwise_row(self, &plan, image, w, b, oy, out_row);
             });
         let shape = Shape::from((plan.batch, plan.out_height, plan.out_width, c));
@@ -230,31 +224,29 @@ impl candle_core::CustomOp1 for Im2Col {
         let patch = k * k * c;
         let rows = plan.batch * plan.out_height * plan.out_width;
         let mut out = vec![0f32; rows * patch];
-        out.par_chunks_mut(patch)
-            .enumerate()
-            .for_each(|(row, dst)| {
-                let n = row / (plan.out_height * plan.out_width);
-                let oy = row / plan.out_width % plan.out_height;
-                let ox = row % plan.out_width;
-                for ky in 0..k {
-                    let Some(iy) = (oy * s + ky)
-                        .checked_sub(plan.pad_top)
-                        .filter(|&iy| iy < plan.height)
+        out.par_chunks_mut(patch).enumerate().for_each(|(row, dst)| {
+            let n = row / (plan.out_height * plan.out_width);
+            let oy = row / plan.out_width % plan.out_height;
+            let ox = row % plan.out_width;
+            for ky in 0..k {
+                let Some(iy) = (oy * s + ky)
+                    .checked_sub(plan.pad_top)
+                    .filter(|&iy| iy < plan.height)
+                else {
+                    continue;
+                };
+                for kx in 0..k {
+                    let Some(ix) = (ox * s + kx)
+                        .checked_sub(plan.pad_left)
+                        .filter(|&ix| ix < plan.width)
                     else {
                         continue;
                     };
-                    for kx in 0..k {
-                        let Some(ix) = (ox * s + kx)
-                            .checked_sub(plan.pad_left)
-                            .filter(|&ix| ix < plan.width)
-                        else {
-                            continue;
-                        };
-                        let src = ((n * plan.height + iy) * plan.width + ix) * c;
-                        dst[(ky * k + kx) * c..][..c].copy_from_slice(&x[src..src + c]);
-                    }
+                    let src = ((n * plan.height + iy) * plan.width + ix) * c;
+                    dst[(ky * k + kx) * c..][..c].copy_from_slice(&x[src..src + c]);
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((rows, patch))))
     }
 }
@@ -322,14 +314,8 @@ pub fn depthwise_conv(
     geometry: ConvGeometry,
     activation: Activation,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3_no_bwd(
-        weight,
-        bias,
-        &DepthwiseConv {
-            geometry,
-            activation,
-        },
-    )
+    x.contiguous()?
+        .apply_op3_no_bwd(weight, bias, &DepthwiseConv { geometry, activation })
 }
 
 /// Dense convolution of `x` (N, H, W, Cin) with `weight` (K * K * Cin, Cout) and `bias` (Cout),
@@ -448,8 +434,7 @@ mod tests {
                 padding,
             };
             let x = Tensor::from_vec(values(2 * h * w * c, i as u64), (2, h, w, c), &dev).unwrap();
-            let weight =
-                Tensor::from_vec(values(c * k * k, 100 + i as u64), (c, 1, k, k), &dev).unwrap();
+            let weight = Tensor::from_vec(values(c * k * k, 100 + i as u64), (c, 1, k, k), &dev).unwrap();
             let bias = Tensor::from_vec(values(c, 200 + i as u64), c, &dev).unwrap();
             let expected = reference_conv(&x, &weight, &bias, geometry, c);
             let kernel_weight = weight
@@ -459,14 +444,9 @@ mod tests {
                 .unwrap()
                 .contiguous()
                 .unwrap();
-            let got =
-                depthwise_conv(&x, &kernel_weight, &bias, geometry, Activation::Relu6).unwrap();
+            let got = depthwise_conv(&x, &kernel_weight, &bias, geometry, Activation::Relu6).unwrap();
             let diff = max_abs_diff(&got, &expected);
-            assert!(
-                diff < 1e-5,
-                "case {i} {:?}: max difference {diff}",
-                CASES[i]
-            );
+            assert!(diff < 1e-5, "case {i} {:?}: max difference {diff}", CASES[i]);
         }
     }
 
@@ -481,12 +461,8 @@ mod tests {
                 padding,
             };
             let x = Tensor::from_vec(values(2 * h * w * c, i as u64), (2, h, w, c), &dev).unwrap();
-            let weight = Tensor::from_vec(
-                values(out * c * k * k, 300 + i as u64),
-                (out, c, k, k),
-                &dev,
-            )
-            .unwrap();
+            let weight =
+                Tensor::from_vec(values(out * c * k * k, 300 + i as u64), (out, c, k, k), &dev).unwrap();
             let bias = Tensor::from_vec(values(out, 400 + i as u64), out, &dev).unwrap();
             let expected = reference_conv(&x, &weight, &bias, geometry, 1);
             let kernel_weight = weight
@@ -503,11 +479,7 @@ mod tests {
             )
             .unwrap();
             let diff = max_abs_diff(&got, &expected);
-            assert!(
-                diff < 1e-5,
-                "case {i} {:?}: max difference {diff}",
-                CASES[i]
-            );
+            assert!(diff < 1e-5, "case {i} {:?}: max difference {diff}", CASES[i]);
         }
     }
 
@@ -516,9 +488,6 @@ mod tests {
         assert_eq!(Padding::TfSame.output_and_pad_before(160, 3, 2), (80, 0));
         assert_eq!(Padding::TfSame.output_and_pad_before(7, 3, 2), (4, 1));
         assert_eq!(Padding::TfSame.output_and_pad_before(10, 3, 1), (10, 1));
-        assert_eq!(
-            Padding::Symmetric.output_and_pad_before(224, 3, 2),
-            (112, 1)
-        );
+        assert_eq!(Padding::Symmetric.output_and_pad_before(224, 3, 2), (112, 1));
     }
 }

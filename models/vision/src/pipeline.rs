@@ -40,9 +40,8 @@ pub struct ImageClassifier {
 impl ImageClassifier {
     /// Loads `config.json` and `model.safetensors` (timm layout).
     pub fn load(config_path: &Path, weights_path: &Path) -> Result<Self, VisionError> {
-        let text = std::fs::read_to_string(config_path).map_err(|e| {
-            VisionError::Config(format!("cannot read {}: {e}", config_path.display()))
-        })?;
+        let text = std::fs::read_to_string(config_path)
+            .map_err(|e| VisionError::Config(format!("cannot read {}: {e}", config_path.display())))?;
         let config = ModelConfig::from_json(&text)?;
         let tensors = load_safetensors(weights_path)?;
         let model = MobileNetV2::from_tensors(&tensors, config.architecture())?;
@@ -100,11 +99,7 @@ impl ImageClassifier {
             }
             flat.extend_from_slice(image);
         }
-        Ok(Tensor::from_vec(
-            flat,
-            (images.len(), h, w, 3),
-            &Device::Cpu,
-        )?)
+        Ok(Tensor::from_vec(flat, (images.len(), h, w, 3), &Device::Cpu)?)
     }
 
     /// Runs the network once over a batch: pooled features and, when the model has a
@@ -112,8 +107,9 @@ impl ImageClassifier {
     pub fn infer<I: AsRef<[f32]>>(&self, images: &[I]) -> Result<Vec<ImageOutput>, VisionError> {
         let features = self.model.features(&self.batch(images)?)?;
         let probabilities = match self.model.num_classes() {
-            Some(_) => candle_nn::ops::softmax_last_dim(&self.model.classify_features(&features)?)?
-                .to_vec2()?,
+            Some(_) => {
+                candle_nn::ops::softmax_last_dim(&self.model.classify_features(&features)?)?.to_vec2()?
+            }
             None => vec![Vec::new(); images.len()],
         };
         Ok(features
@@ -130,11 +126,7 @@ impl ImageClassifier {
     /// The `k` most probable classes, best first.
     pub fn top_k(&self, probabilities: &[f32], k: usize) -> Vec<Prediction> {
         let mut order: Vec<usize> = (0..probabilities.len()).collect();
-        order.sort_by(|&a, &b| {
-            probabilities[b]
-                .total_cmp(&probabilities[a])
-                .then(a.cmp(&b))
-        });
+        order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]).then(a.cmp(&b)));
         order
             .into_iter()
             .take(k)

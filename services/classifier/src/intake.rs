@@ -38,16 +38,9 @@ impl<S: Send + Sync> FromRequest<S> for Images {
             .get(CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("").to_ascii_lowercase())
             .ok_or_else(|| {
-                ApiError::unsupported_media_type(format!(
-                    "missing Content-Type; send one of: {ACCEPTED}"
-                ))
+                ApiError::unsupported_media_type(format!("missing Content-Type; send one of: {ACCEPTED}"))
             })?;
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
         let images = match essence.as_str() {
             "multipart/form-data" => {
                 let multipart = Multipart::from_request(request, state).await.map_err(|e| {
@@ -64,9 +57,8 @@ impl<S: Send + Sync> FromRequest<S> for Images {
                     .iter()
                     .enumerate()
                     .map(|(i, text)| {
-                        decode_base64(text).map_err(|e| {
-                            ApiError::invalid("invalid_base64", format!("images[{i}]: {e}"))
-                        })
+                        decode_base64(text)
+                            .map_err(|e| ApiError::invalid("invalid_base64", format!("images[{i}]: {e}")))
                     })
                     .collect::<Result<_, _>>()?;
                 Images {
@@ -88,9 +80,7 @@ impl<S: Send + Sync> FromRequest<S> for Images {
             return Err(ApiError::bad_request("the request holds no image"));
         }
         if let Some(i) = images.encoded.iter().position(Bytes::is_empty) {
-            return Err(ApiError::bad_request(format!(
-                "image {i} is empty (0 bytes)"
-            )));
+            return Err(ApiError::bad_request(format!("image {i} is empty (0 bytes)")));
         }
         Ok(images)
     }
@@ -106,10 +96,7 @@ async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes
 async fn from_multipart(mut multipart: Multipart) -> Result<Images, ApiError> {
     let mut images = Images::default();
     let malformed = |e: axum::extract::multipart::MultipartError| {
-        ApiError::from_status(
-            e.status(),
-            format!("malformed multipart body: {}", e.body_text()),
-        )
+        ApiError::from_status(e.status(), format!("malformed multipart body: {}", e.body_text()))
     };
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
         let is_file = field.file_name().is_some()
@@ -139,10 +126,7 @@ fn decode_base64(text: &str) -> Result<Bytes, String> {
         Some((prefix, payload)) if prefix.starts_with("data:") => payload,
         _ => text,
     };
-    let cleaned: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
+    let cleaned: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(cleaned.as_bytes())
         .map(Bytes::from)

@@ -75,26 +75,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_http(
-    args: &ModelArgs,
-    serve: &ServeArgs,
-    max_batch: usize,
-    max_images: usize,
-) -> ExitCode {
+fn serve_http(args: &ModelArgs, serve: &ServeArgs, max_batch: usize, max_images: usize) -> ExitCode {
     let mut phases = InitPhases::new();
     let (classifier, card) = match model::load(args, &mut phases) {
         Ok(loaded) => loaded,
         Err(e) => return runtime::startup_failure(&e),
     };
-    let listener = match phases.run("bind", || {
-        std::net::TcpListener::bind((serve.host, serve.port))
-    }) {
+    let listener = match phases.run("bind", || std::net::TcpListener::bind((serve.host, serve.port))) {
         Ok(listener) => listener,
         Err(e) => {
-            return runtime::startup_failure(&format!(
-                "cannot listen on {}:{}: {e}",
-                serve.host, serve.port
-            ))
+            return runtime::startup_failure(&format!("cannot listen on {}:{}: {e}", serve.host, serve.port))
         }
     };
     let metrics = Arc::new(Metrics::default());
@@ -155,9 +145,7 @@ fn predict(args: &ModelArgs, top_k: usize, as_json: bool, images: &[PathBuf]) ->
     for path in images {
         let outcome = std::fs::read(path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                vision::decode_image(&bytes, args.decode_limits()).map_err(|e| e.to_string())
-            })
+            .and_then(|bytes| vision::decode_image(&bytes, args.decode_limits()).map_err(|e| e.to_string()))
             .and_then(|image| {
                 let pixels = classifier.preprocessing().apply(&image);
                 classifier.infer(&[pixels]).map_err(|e| e.to_string())

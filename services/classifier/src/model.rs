@@ -50,10 +50,7 @@ pub enum LoadError {
 }
 
 /// Resolves, loads, builds and warms up the classifier, timing each step.
-pub fn load(
-    args: &ModelArgs,
-    phases: &mut InitPhases,
-) -> Result<(ImageClassifier, ModelCard), LoadError> {
+pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifier, ModelCard), LoadError> {
     match args.device {
         DeviceArg::Auto | DeviceArg::Cpu => {}
         DeviceArg::Cuda(_) => {
@@ -69,17 +66,12 @@ pub fn load(
         )));
     }
     let source: hub::ModelSource = args.model.parse()?;
-    let (config_path, weights_path) =
-        phases.run("resolve_weights", || -> Result<_, hub::HubError> {
-            Ok((
-                source.fetch("config.json")?,
-                source.fetch("model.safetensors")?,
-            ))
-        })?;
+    let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
+        Ok((source.fetch("config.json")?, source.fetch("model.safetensors")?))
+    })?;
     let config = phases.run("read_config", || -> Result<ModelConfig, VisionError> {
-        let text = std::fs::read_to_string(&config_path).map_err(|e| {
-            VisionError::Config(format!("cannot read {}: {e}", config_path.display()))
-        })?;
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| VisionError::Config(format!("cannot read {}: {e}", config_path.display())))?;
         ModelConfig::from_json(&text)
     })?;
     let tensors = phases.run("load_weights", || {
@@ -163,10 +155,7 @@ pub fn spawn_worker(
 }
 
 /// Submits one request's images and waits for the model's answer.
-pub async fn run(
-    worker: &ModelWorker<Job>,
-    images: Vec<Vec<f32>>,
-) -> Result<Vec<ImageOutput>, ApiError> {
+pub async fn run(worker: &ModelWorker<Job>, images: Vec<Vec<f32>>) -> Result<Vec<ImageOutput>, ApiError> {
     let (reply, answer) = oneshot::channel();
     worker.submit(Job { images, reply })?;
     match answer.await {

@@ -65,10 +65,7 @@ async fn classify(
     Ok(Json(json!({"model": state.model_id, "results": results})))
 }
 
-async fn features(
-    State(state): State<Arc<AppState>>,
-    images: Images,
-) -> Result<Json<Value>, ApiError> {
+async fn features(State(state): State<Arc<AppState>>, images: Images) -> Result<Json<Value>, ApiError> {
     let outputs = infer(&state, images).await?;
     let results: Vec<Value> = outputs
         .into_iter()
@@ -80,10 +77,7 @@ async fn features(
 }
 
 /// Decodes and preprocesses off the async runtime, then runs the model thread.
-async fn infer(
-    state: &Arc<AppState>,
-    images: Images,
-) -> Result<Vec<vision::ImageOutput>, ApiError> {
+async fn infer(state: &Arc<AppState>, images: Images) -> Result<Vec<vision::ImageOutput>, ApiError> {
     if images.encoded.len() > state.max_images {
         return Err(ApiError::invalid(
             "too_many_images",
@@ -101,8 +95,7 @@ async fn infer(
             .iter()
             .enumerate()
             .map(|(i, bytes)| {
-                let image =
-                    vision::decode_image(bytes, prepared.limits).map_err(|e| image_error(i, e))?;
+                let image = vision::decode_image(bytes, prepared.limits).map_err(|e| image_error(i, e))?;
                 Ok(prepared.classifier.preprocessing().apply(&image))
             })
             .collect::<Result<Vec<_>, ApiError>>()
@@ -114,9 +107,7 @@ async fn infer(
 
 fn image_error(index: usize, error: VisionError) -> ApiError {
     match error {
-        VisionError::TooLarge(_) => {
-            ApiError::invalid("image_too_large", format!("image {index}: {error}"))
-        }
+        VisionError::TooLarge(_) => ApiError::invalid("image_too_large", format!("image {index}: {error}")),
         _ => ApiError::invalid("invalid_image", format!("image {index}: {error}")),
     }
 }

@@ -41,8 +41,7 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
     let seconds: f64 = value
         .parse()
         .map_err(|_| format!("`{value}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("`{value}` is not a valid number of seconds"))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{value}` is not a valid number of seconds"))
 }
 
 /// `--device`: where the model runs.

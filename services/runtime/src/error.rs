@@ -89,8 +89,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}});
+        let body = json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}});
         let mut response = (self.status, Json(body)).into_response();
         if matches!(
             self.status,

@@ -43,11 +43,7 @@ impl Histogram {
         for (bucket, bound) in self.buckets.iter().zip(bounds) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {bucket}");
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
         let braces = if labels.is_empty() {
             String::new()
         } else {
@@ -117,9 +113,7 @@ impl Metrics {
     pub fn render(&self, service: &str, phases: &[Phase]) -> String {
         let f = self.families.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
-        out.push_str(
-            "# HELP http_requests_total Requests answered, by route, method and status.\n",
-        );
+        out.push_str("# HELP http_requests_total Requests answered, by route, method and status.\n");
         out.push_str("# TYPE http_requests_total counter\n");
         for ((route, method, status), count) in &f.requests {
             let _ = writeln!(

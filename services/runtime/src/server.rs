@@ -91,11 +91,7 @@ fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The settings the middleware enforces.
@@ -134,10 +130,7 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
         .fallback(not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            args.max_body_bytes,
-            buffer_body,
-        ))
+        .layer(middleware::from_fn_with_state(args.max_body_bytes, buffer_body))
         .layer(middleware::from_fn_with_state(ctx, observe))
 }
 
@@ -161,19 +154,16 @@ pub async fn run(
     tracing::info!(%address, init_ms, model = %ctx.card.id, "ready");
     let (signalled, on_signal) = tokio::sync::oneshot::channel();
     let stopping = ctx.clone();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        stopping.shutting_down.store(true, Ordering::Relaxed);
-        tracing::info!(
-            in_flight = stopping.metrics.in_flight(),
-            "shutting down: draining in-flight requests"
-        );
-        let _ = signalled.send(());
-    });
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.shutting_down.store(true, Ordering::Relaxed);
+            tracing::info!(
+                in_flight = stopping.metrics.in_flight(),
+                "shutting down: draining in-flight requests"
+            );
+            let _ = signalled.send(());
+        });
     let deadline = async move {
         match on_signal.await {
             Ok(()) => tokio::time::sleep(drain).await,
@@ -272,11 +262,7 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 /// Needs `Authorization: Bearer <key>` when a key is configured.
-async fn authorize(
-    State(key): State<Option<Arc<String>>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn authorize(State(key): State<Option<Arc<String>>>, request: Request, next: Next) -> Response {
     if let Some(key) = key {
         let presented = request
             .headers()
@@ -289,8 +275,7 @@ async fn authorize(
             } else {
                 "missing API key: send Authorization: Bearer <key>"
             };
-            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
-                .into_response();
+            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message).into_response();
         }
     }
     next.run(request).await
@@ -345,8 +330,7 @@ async fn buffer_body(State(max): State<usize>, request: Request, next: Next) -> 
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
-                return ApiError::bad_request(format!("cannot read the request body: {e}"))
-                    .into_response()
+                return ApiError::bad_request(format!("cannot read the request body: {e}")).into_response()
             }
         };
         if let Some(data) = frame.data_ref() {
@@ -361,8 +345,7 @@ async fn buffer_body(State(max): State<usize>, request: Request, next: Next) -> 
     if total > max {
         return too_large();
     }
-    next.run(Request::from_parts(parts, Body::from(buffered)))
-        .await
+    next.run(Request::from_parts(parts, Body::from(buffered))).await
 }
 
 /// Rewrites framework rejections (unknown method, body too large, bad JSON...) that come as
@@ -378,9 +361,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
         return response;
     }
     let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
     let message = match String::from_utf8_lossy(&text).trim() {
         "" => status.canonical_reason().unwrap_or("error").to_string(),
         text => text.to_string(),
@@ -393,11 +374,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 /// Counts, times and logs every request.
-async fn observe(
-    State(ctx): State<Arc<ServiceContext>>,
-    request: Request<Body>,
-    next: Next,
-) -> Response {
+async fn observe(State(ctx): State<Arc<ServiceContext>>, request: Request<Body>, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -409,8 +386,7 @@ async fn observe(
     ctx.metrics.request_finished();
     let latency = start.elapsed();
     let status = response.status().as_u16();
-    ctx.metrics
-        .observe_request(&route, &method, status, latency);
+    ctx.metrics.observe_request(&route, &method, status, latency);
     tracing::info!(%method, %route, status, latency_ms = latency.as_secs_f64() * 1e3, "request");
     if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", latency.as_secs_f64() * 1e3)) {
         response.headers_mut().insert("x-latency-ms", value);

@@ -48,9 +48,7 @@ impl<J: Send + 'static> ModelWorker<J> {
                     }
                     metrics.observe_batch(batch.len());
                     if catch_unwind(AssertUnwindSafe(|| handle(batch))).is_err() {
-                        tracing::error!(
-                            "the model thread panicked on a batch; its requests get 500"
-                        );
+                        tracing::error!("the model thread panicked on a batch; its requests get 500");
                     }
                 }
             })?;
