@@ -4,6 +4,7 @@
     python scripts/make_fixtures.py          # needs torch, torchvision, timm, safetensors, pillow
 
 - models/vision/data/imagenet_labels.json: ImageNet-1k class names (torchvision's metadata).
+- tests/fixtures/png-bomb-50000x50000.png: a PNG header claiming 50000x50000 pixels.
 - tests/fixtures/mobilenetv2-tiny/: a tiny MobileNetV2 built by timm (width 0.25, every block
   of the real architecture, random weights, non-trivial BatchNorm statistics) in timm's layout,
   its config.json, a few synthetic images, and reference.json: timm's logits and probabilities
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+
+from random_weights import randomise
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "mobilenetv2-tiny"
@@ -57,19 +60,7 @@ def tiny_mobilenetv2():
         act_layer=torch.nn.ReLU6,
         num_classes=len(LABELS),
     )
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_mean") or name.endswith(".bias"):
-                tensor.copy_(0.2 * torch.randn(tensor.shape, generator=generator))
-            elif name.endswith("running_var"):
-                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
-            elif name.endswith(".weight") and tensor.dim() == 1:
-                tensor.copy_(1.0 + 0.2 * torch.randn(tensor.shape, generator=generator))
-            elif name.endswith(".weight"):
-                fan_in = tensor[0].numel()
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
-    return model.eval()
+    return randomise(model, seed=0, spread=0.2)
 
 
 def synthetic_images():
@@ -113,8 +104,22 @@ def flowers_reference(model):
     (FIXTURE / "flowers-reference.json").write_text(json.dumps(reference, indent=1) + "\n")
 
 
+def png_bomb():
+    """A valid 8-bit RGB PNG header claiming 50000x50000 pixels, with one tiny IDAT chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+    (ROOT / "tests" / "fixtures" / "png-bomb-50000x50000.png").write_bytes(png)
+
+
 def main():
     torch.manual_seed(0)
+    png_bomb()
     imagenet_labels()
     FIXTURE.mkdir(parents=True, exist_ok=True)
     model = tiny_mobilenetv2()

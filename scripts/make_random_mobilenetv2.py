@@ -17,21 +17,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-
-def randomise(model, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_mean") or name.endswith(".bias"):
-                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
-            elif name.endswith("running_var"):
-                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
-            elif name.endswith(".weight") and tensor.dim() == 1:
-                tensor.copy_(1.0 + 0.1 * torch.randn(tensor.shape, generator=generator))
-            elif name.endswith(".weight"):
-                fan_in = tensor[0].numel()
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
-    return model.eval()
+from random_weights import randomise
 
 
 def main():
@@ -43,7 +29,7 @@ def main():
     parser.add_argument("--crop-pct", type=float, default=0.875)
     args = parser.parse_args()
 
-    model = randomise(timm.create_model(args.variant, pretrained=False), args.seed)
+    model = randomise(timm.create_model(args.variant, pretrained=False), seed=args.seed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file(tensors, str(args.out_dir / "model.safetensors"))

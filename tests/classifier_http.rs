@@ -264,7 +264,7 @@ fn bad_inputs_get_4xx_json_errors_and_the_server_stays_healthy() {
     );
 
     // A PNG header claiming 50000x50000 pixels: refused before decoding.
-    let bomb = common::png_claiming(50_000, 50_000);
+    let bomb = common::png_bomb();
     let answer = post(&url, Some("image/png"), &bomb, &[]);
     assert_eq!(answer.expect_error(422), "image_too_large");
     assert!(answer.json()["error"]["message"]
@@ -371,9 +371,7 @@ fn api_key_guards_everything_but_health() {
 #[test]
 fn concurrency_limit_answers_429_with_retry_after() {
     let server = tiny_server(&["--max-concurrency", "1"]);
-    let png = fixture_image("synthetic-0-224x224.png");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
-    let heavy = json!({"images": vec![b64; 48]}).to_string();
+    let heavy = heavy_request();
     let url = server.url("/v1/classify");
     let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..6)
@@ -402,9 +400,7 @@ fn concurrency_limit_answers_429_with_retry_after() {
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
     let server = tiny_server(&[]);
-    let png = fixture_image("synthetic-0-224x224.png");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
-    let heavy = json!({"images": vec![b64; 48]}).to_string();
+    let heavy = heavy_request();
     let url = server.url("/v1/classify");
     let (answers, status) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
@@ -427,6 +423,12 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
         assert_eq!(answer.status, 200, "{}", answer.text);
         assert_eq!(answer.json()["results"].as_array().unwrap().len(), 48);
     }
+}
+
+/// A JSON request of 48 images: long enough to still be running when a test acts.
+fn heavy_request() -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(fixture_image("synthetic-0-224x224.png"));
+    json!({"images": vec![b64; 48]}).to_string()
 }
 
 /// True once the server reports a model batch in flight (requests beyond the metrics call).

@@ -250,32 +250,7 @@ pub fn multipart(files: &[(&str, &str, &[u8])], fields: &[(&str, &str)]) -> (Str
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-/// A tiny PNG whose header claims `width` x `height` pixels: a decompression-bomb stand-in.
-pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend(width.to_be_bytes());
-    ihdr.extend(height.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    for chunk in [&ihdr[..], b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01", b"IEND"] {
-        png.extend((chunk.len() as u32 - 4).to_be_bytes());
-        png.extend(chunk);
-        png.extend(crc32(chunk).to_be_bytes());
-    }
-    png
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+/// A 66-byte PNG whose header claims 50000x50000 pixels (`scripts/make_fixtures.py`).
+pub fn png_bomb() -> Vec<u8> {
+    std::fs::read(root().join("tests/fixtures/png-bomb-50000x50000.png")).unwrap()
 }

@@ -74,6 +74,33 @@ struct Plan {
     pad_left: usize,
 }
 
+impl Plan {
+    /// The kernel taps that fall inside the image for output pixel (`oy`, `ox`), as
+    /// (tap index `ky * K + kx`, input pixel index `iy * W + ix`); padding taps are skipped.
+    fn taps(
+        &self,
+        geometry: ConvGeometry,
+        oy: usize,
+        ox: usize,
+    ) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (k, s) = (geometry.kernel, geometry.stride);
+        let rows = (0..k).filter_map(move |ky| {
+            let iy = (oy * s + ky)
+                .checked_sub(self.pad_top)
+                .filter(|&iy| iy < self.height)?;
+            Some((ky, iy))
+        });
+        rows.flat_map(move |(ky, iy)| {
+            (0..k).filter_map(move |kx| {
+                let ix = (ox * s + kx)
+                    .checked_sub(self.pad_left)
+                    .filter(|&ix| ix < self.width)?;
+                Some((ky * k + kx, iy * self.width + ix))
+            })
+        })
+    }
+}
+
 impl ConvGeometry {
     fn plan(&self, dims: &[usize]) -> candle_core::Result<Plan> {
         let &[batch, height, width, channels] = dims else {
@@ -173,31 +200,15 @@ fn depthwise_row(
     oy: usize,
     out_row: &mut [f32],
 ) {
-    let k = op.geometry.kernel;
-    let s = op.geometry.stride;
     let c = plan.channels;
     for ox in 0..plan.out_width {
         let acc = &mut out_row[ox * c..(ox + 1) * c];
         acc.copy_from_slice(b);
-        for ky in 0..k {
-            let Some(iy) = (oy * s + ky)
-                .checked_sub(plan.pad_top)
-                .filter(|&iy| iy < plan.height)
-            else {
-                continue;
-            };
-            for kx in 0..k {
-                let Some(ix) = (ox * s + kx)
-                    .checked_sub(plan.pad_left)
-                    .filter(|&ix| ix < plan.width)
-                else {
-                    continue;
-                };
-                let pixel = &image[(iy * plan.width + ix) * c..][..c];
-                let tap = &w[(ky * k + kx) * c..][..c];
-                for ((a, &p), &t) in acc.iter_mut().zip(pixel).zip(tap) {
-                    *a += p * t;
-                }
+        for (tap, pixel) in plan.taps(op.geometry, oy, ox) {
+            let pixel = &image[pixel * c..][..c];
+            let tap = &w[tap * c..][..c];
+            for ((a, &p), &t) in acc.iter_mut().zip(pixel).zip(tap) {
+                *a += p * t;
             }
         }
         for a in acc.iter_mut() {
@@ -220,7 +231,7 @@ impl candle_core::CustomOp1 for Im2Col {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let plan = self.geometry.plan(xl.dims())?;
         let x = contiguous_f32(xs, xl, "im2col input")?;
-        let (k, s, c) = (self.geometry.kernel, self.geometry.stride, plan.channels);
+        let (k, c) = (self.geometry.kernel, plan.channels);
         let patch = k * k * c;
         let rows = plan.batch * plan.out_height * plan.out_width;
         let mut out = vec![0f32; rows * patch];
@@ -228,23 +239,10 @@ impl candle_core::CustomOp1 for Im2Col {
             let n = row / (plan.out_height * plan.out_width);
             let oy = row / plan.out_width % plan.out_height;
             let ox = row % plan.out_width;
-            for ky in 0..k {
-                let Some(iy) = (oy * s + ky)
-                    .checked_sub(plan.pad_top)
-                    .filter(|&iy| iy < plan.height)
-                else {
-                    continue;
-                };
-                for kx in 0..k {
-                    let Some(ix) = (ox * s + kx)
-                        .checked_sub(plan.pad_left)
-                        .filter(|&ix| ix < plan.width)
-                    else {
-                        continue;
-                    };
-                    let src = ((n * plan.height + iy) * plan.width + ix) * c;
-                    dst[(ky * k + kx) * c..][..c].copy_from_slice(&x[src..src + c]);
-                }
+            let image = n * plan.height * plan.width;
+            for (tap, pixel) in plan.taps(self.geometry, oy, ox) {
+                let src = (image + pixel) * c;
+                dst[tap * c..][..c].copy_from_slice(&x[src..src + c]);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, patch))))

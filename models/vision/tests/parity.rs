@@ -1,10 +1,26 @@
 //! The network against timm on the committed fixture: same weights, same image, logits within
 //! 1e-4 (`scripts/make_fixtures.py` wrote the reference).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use vision::{DecodeLimits, ImageClassifier, ModelConfig, Preprocessing};
+
+/// The logits of one image file through the whole pipeline: decode, preprocess, forward.
+fn logits_of(classifier: &ImageClassifier, path: &Path) -> Vec<f32> {
+    let image = vision::decode_image(&std::fs::read(path).unwrap(), DecodeLimits::default()).unwrap();
+    let batch = classifier
+        .batch(&[classifier.preprocessing().apply(&image)])
+        .unwrap();
+    classifier
+        .model()
+        .logits(&batch)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mobilenetv2-tiny")
@@ -18,22 +34,7 @@ fn logits_match_timm_within_1e_4() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let mut checked = 0;
     for (name, expected) in reference["images"].as_object().unwrap() {
-        let image = vision::decode_image(
-            &std::fs::read(dir.join("images").join(name)).unwrap(),
-            DecodeLimits::default(),
-        )
-        .unwrap();
-        let batch = classifier
-            .batch(&[classifier.preprocessing().apply(&image)])
-            .unwrap();
-        let logits: Vec<f32> = classifier
-            .model()
-            .logits(&batch)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let logits = logits_of(&classifier, &dir.join("images").join(name));
         let want: Vec<f64> = expected["logits"]
             .as_array()
             .unwrap()
@@ -96,22 +97,7 @@ fn real_photos_with_resize_match_timm_within_1e_4() {
     let photos = reference["photos"].as_object().unwrap();
     assert!(photos.len() >= 10);
     for (photo, expected) in photos {
-        let image = vision::decode_image(
-            &std::fs::read(flowers.join(photo)).unwrap(),
-            DecodeLimits::default(),
-        )
-        .unwrap();
-        let batch = classifier
-            .batch(&[classifier.preprocessing().apply(&image)])
-            .unwrap();
-        let logits: Vec<f32> = classifier
-            .model()
-            .logits(&batch)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let logits = logits_of(&classifier, &flowers.join(photo));
         for (got, want) in logits.iter().zip(expected.as_array().unwrap()) {
             let want = want.as_f64().unwrap();
             // The inputs are identical; what remains is float summation order (gemm blocking),
