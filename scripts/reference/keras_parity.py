@@ -13,14 +13,14 @@ difference, and exits 1 when a top-3 differs or a probability differs by more th
 """
 
 import argparse
-import json
 import pathlib
 import sys
-import urllib.request
 
 import keras
 import numpy as np
 from PIL import Image
+
+from served import Comparison, classify
 
 
 def main():
@@ -36,27 +36,15 @@ def main():
     size = model.input_shape[1]
     names = [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
     names = [n.split("-", 1)[1] if "-" in n else n for n in names]
-    worst, failures = 0.0, 0
+    comparison = Comparison("keras", args.tolerance)
     print(f"Keras {keras.__version__} ({keras.backend.backend()} backend), input {size}x{size}")
     for path in args.images:
         image = Image.open(path).convert("RGB").resize((size, size))
         x = keras.applications.mobilenet_v2.preprocess_input(np.asarray(image).astype("float32"))
         probs = np.asarray(model.predict(x[None], verbose=0)[0], dtype=np.float64)
         reference = [(names[i], float(probs[i])) for i in np.argsort(-probs, kind="stable")[:3]]
-        request = urllib.request.Request(
-            f"{args.url}/v1/classify?top_k=3", data=path.read_bytes(), headers={"Content-Type": "application/octet-stream"}
-        )
-        with urllib.request.urlopen(request) as response:
-            ours = [(p["label"], p["score"]) for p in json.load(response)["results"][0]["predictions"]]
-        same = [r[0] for r in reference] == [o[0] for o in ours]
-        diff = max(abs(r[1] - o[1]) for r, o in zip(reference, ours))
-        worst = max(worst, diff)
-        failures += (not same) or diff > args.tolerance
-        fmt = lambda top: ", ".join(f"{n} {p:.4f}" for n, p in top)
-        print(f"{path.name}\n  keras: {fmt(reference)}\n  ours:  {fmt(ours)}\n  same top-3: {same}, max |dp| = {diff:.2e}")
-    print(f"{len(args.images)} photos, {failures} mismatches, largest probability difference {worst:.2e}")
-    sys.exit(1 if failures else 0)
-
+        comparison.add(path.name, reference, classify(args.url, path, 3))
+    sys.exit(comparison.finish())
 
 if __name__ == "__main__":
     main()

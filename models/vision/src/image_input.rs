@@ -245,4 +245,72 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn every_supported_format_decodes_to_the_same_pixels() {
+        let original = decode_image(&fixture_png(), DecodeLimits::default()).unwrap();
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::WebP,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+            ImageFormat::Gif,
+        ] {
+            let mut encoded = Vec::new();
+            original.write_to(&mut Cursor::new(&mut encoded), format).unwrap();
+            let decoded = decode_image(&encoded, DecodeLimits::default()).unwrap();
+            assert_eq!(decoded.dimensions(), (224, 224), "{format:?}");
+            if format != ImageFormat::Gif {
+                // GIF is palette-quantised; the others are lossless.
+                assert_eq!(decoded.as_raw(), original.as_raw(), "{format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn grey_alpha_and_16_bit_images_become_rgb() {
+        let original =
+            DynamicImage::ImageRgb8(decode_image(&fixture_png(), DecodeLimits::default()).unwrap());
+        let variants = [
+            DynamicImage::ImageLuma8(original.to_luma8()),
+            DynamicImage::ImageRgba8(original.to_rgba8()),
+            DynamicImage::ImageRgb16(original.to_rgb16()),
+            DynamicImage::ImageLumaA16(original.to_luma_alpha16()),
+        ];
+        for variant in variants {
+            let mut png = Vec::new();
+            variant
+                .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+                .unwrap();
+            let decoded = decode_image(&png, DecodeLimits::default()).unwrap();
+            assert_eq!(decoded, variant.to_rgb8(), "{:?}", variant.color());
+        }
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let original = decode_image(&fixture_png(), DecodeLimits::default()).unwrap();
+        let wide = image::imageops::crop_imm(&original, 0, 0, 224, 120).to_image();
+        let mut jpeg = Vec::new();
+        wide.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        // An APP1 Exif segment right after SOI: big-endian TIFF, one IFD entry, Orientation = 6
+        // (the stored image must be turned 90 degrees clockwise to be upright).
+        let tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00";
+        let mut app1 = b"\xff\xe1".to_vec();
+        app1.extend(((2 + 6 + tiff.len()) as u16).to_be_bytes());
+        app1.extend(b"Exif\x00\x00");
+        app1.extend(tiff);
+        let rotated: Vec<u8> = [&jpeg[..2], &app1, &jpeg[2..]].concat();
+        assert_eq!(
+            decode_image(&jpeg, DecodeLimits::default()).unwrap().dimensions(),
+            (224, 120)
+        );
+        assert_eq!(
+            decode_image(&rotated, DecodeLimits::default())
+                .unwrap()
+                .dimensions(),
+            (120, 224)
+        );
+    }
 }
