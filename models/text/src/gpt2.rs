@@ -1,0 +1,271 @@
+//! GPT-2 in the Hugging Face layout (`Conv1D` weights stored in x out), any size from its
+//! `config.json`, the LM head tied to the token embedding.
+//!
+//! The model holds no per-request state: each generation owns a [`KvCache`], so any number of
+//! requests can run against one loaded model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use serde::Deserialize;
+
+use crate::TextError;
+
+/// The fields of GPT-2's `config.json` the network needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+fn default_activation() -> String {
+    "gelu_new".into()
+}
+
+impl Gpt2Config {
+    pub fn from_json(text: &str) -> Result<Self, TextError> {
+        let config: Self = serde_json::from_str(text).map_err(|e| TextError::Config(e.to_string()))?;
+        if config.n_head == 0 || config.n_embd % config.n_head != 0 {
+            return Err(TextError::Config(format!(
+                "n_embd {} is not a multiple of n_head {}",
+                config.n_embd, config.n_head
+            )));
+        }
+        if !["gelu_new", "gelu", "gelu_pytorch_tanh"].contains(&config.activation_function.as_str()) {
+            return Err(TextError::Config(format!(
+                "unsupported activation `{}`",
+                config.activation_function
+            )));
+        }
+        Ok(config)
+    }
+}
+
+/// Keys and values of every layer for the tokens seen so far; one per generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens already processed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[derive(Debug)]
+struct Linear {
+    /// (in, out), as Hugging Face's `Conv1D` stores it.
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.broadcast_matmul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+#[derive(Debug)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+/// GPT-2 with its language-model head.
+#[derive(Debug)]
+pub struct Gpt2 {
+    config: Gpt2Config,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+/// The output of one forward pass over new tokens.
+#[derive(Debug)]
+pub struct Forward {
+    /// (new tokens, vocab) next-token logits at each new position.
+    pub logits: Tensor,
+    /// (new tokens, n_embd) final hidden states (after `ln_f`), for embeddings and retrieval.
+    pub hidden: Tensor,
+}
+
+impl Gpt2 {
+    /// Loads `config.json` and `model.safetensors` (with or without the `transformer.` prefix).
+    pub fn load(config_path: &Path, weights_path: &Path) -> Result<Self, TextError> {
+        let text = std::fs::read_to_string(config_path)
+            .map_err(|e| TextError::Config(format!("cannot read {}: {e}", config_path.display())))?;
+        let config = Gpt2Config::from_json(&text)?;
+        let tensors = candle_core::safetensors::load(weights_path, &Device::Cpu)
+            .map_err(|e| TextError::Weights(format!("cannot read {}: {e}", weights_path.display())))?;
+        Self::from_tensors(config, tensors)
+    }
+
+    pub fn from_tensors(config: Gpt2Config, mut tensors: HashMap<String, Tensor>) -> Result<Self, TextError> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, TextError> {
+            let tensor = tensors
+                .remove(name)
+                .or_else(|| tensors.remove(&format!("transformer.{name}")))
+                .ok_or_else(|| TextError::Weights(format!("missing tensor `{name}`")))?
+                .to_dtype(DType::F32)?;
+            if tensor.dims() != shape {
+                return Err(TextError::Weights(format!(
+                    "`{name}` has shape {:?}, expected {shape:?}",
+                    tensor.dims()
+                )));
+            }
+            Ok(tensor)
+        };
+        let d = config.n_embd;
+        let eps = config.layer_norm_epsilon;
+        let wte = take("wte.weight", &[config.vocab_size, d])?;
+        let wpe = take("wpe.weight", &[config.n_positions, d])?;
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("h.{i}");
+            let mut linear = |name: &str, inputs: usize, outputs: usize| -> Result<Linear, TextError> {
+                Ok(Linear {
+                    weight: take(&format!("{p}.{name}.weight"), &[inputs, outputs])?,
+                    bias: take(&format!("{p}.{name}.bias"), &[outputs])?,
+                })
+            };
+            let c_attn = linear("attn.c_attn", d, 3 * d)?;
+            let attn_proj = linear("attn.c_proj", d, d)?;
+            let c_fc = linear("mlp.c_fc", d, 4 * d)?;
+            let mlp_proj = linear("mlp.c_proj", 4 * d, d)?;
+            let mut norm = |name: &str| -> Result<LayerNorm, TextError> {
+                Ok(LayerNorm {
+                    weight: take(&format!("{p}.{name}.weight"), &[d])?,
+                    bias: take(&format!("{p}.{name}.bias"), &[d])?,
+                    eps,
+                })
+            };
+            blocks.push(Block {
+                ln_1: norm("ln_1")?,
+                c_attn,
+                attn_proj,
+                ln_2: norm("ln_2")?,
+                c_fc,
+                mlp_proj,
+            });
+        }
+        let ln_f = LayerNorm {
+            weight: take("ln_f.weight", &[d])?,
+            bias: take("ln_f.bias", &[d])?,
+            eps,
+        };
+        Ok(Self {
+            config,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+        })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// Runs `tokens` after those already in `cache`, extending it.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Forward, TextError> {
+        let start = cache.len;
+        let end = start + tokens.len();
+        if end > self.config.n_positions {
+            return Err(TextError::ContextOverflow {
+                tokens: end,
+                context: self.config.n_positions,
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(TextError::Weights(format!(
+                "token {bad} is outside the vocabulary"
+            )));
+        }
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.config.n_layer];
+        }
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self
+            .wte
+            .index_select(&ids, 0)?
+            .broadcast_add(&self.wpe.i(start..end)?)?;
+        let heads = self.config.n_head;
+        let head_dim = self.config.n_embd / heads;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let mask = causal_mask(tokens.len(), start)?;
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let h = block.ln_1.forward(&x)?;
+            let qkv = block.c_attn.forward(&h)?;
+            let d = self.config.n_embd;
+            let split = |i: usize| -> candle_core::Result<Tensor> {
+                qkv.narrow(1, i * d, d)?
+                    .reshape((tokens.len(), heads, head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+            let (k, v) = match layer_cache.take() {
+                Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 1)?, Tensor::cat(&[&past_v, &v], 1)?),
+                None => (k, v),
+            };
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+            let attended = weights.matmul(&v)?.transpose(0, 1)?.reshape((tokens.len(), d))?;
+            *layer_cache = Some((k, v));
+            x = (x + block.attn_proj.forward(&attended)?)?;
+            let h = block.ln_2.forward(&x)?;
+            let h = block.mlp_proj.forward(&block.c_fc.forward(&h)?.gelu()?)?;
+            x = (x + h)?;
+        }
+        cache.len = end;
+        let hidden = self.ln_f.forward(&x)?;
+        let logits = hidden.matmul(&self.wte.t()?)?;
+        Ok(Forward { logits, hidden })
+    }
+}
+
+/// (new, past + new) additive mask: new token i sees every past token and new tokens 0..=i.
+fn causal_mask(new: usize, past: usize) -> candle_core::Result<Tensor> {
+    let total = past + new;
+    let values: Vec<f32> = (0..new)
+        .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(values, (new, total), &Device::Cpu)
+}

@@ -1,0 +1,18 @@
+//! GPT-2 in candle, with no HTTP in it.
+
+pub mod gpt2;
+
+pub use gpt2::{Gpt2, Gpt2Config, KvCache};
+
+/// What can go wrong loading or running GPT-2.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    #[error("invalid weights: {0}")]
+    Weights(String),
+    #[error("invalid config.json: {0}")]
+    Config(String),
+    #[error("{tokens} tokens do not fit the context of {context}")]
+    ContextOverflow { tokens: usize, context: usize },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

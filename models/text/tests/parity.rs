@@ -1,0 +1,137 @@
+//! GPT-2 against Hugging Face `transformers` on the committed tiny fixture (the real
+//! vocabulary): logits and prompt log-probabilities within 1e-4, greedy continuations
+//! token-identical to `generate` (`scripts/make_gpt2_fixtures.py` wrote the reference).
+
+use std::path::PathBuf;
+
+use candle_core::{IndexOp, D};
+use serde_json::Value;
+use text::{Gpt2, KvCache};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gpt2-tiny")
+}
+
+fn load() -> (Gpt2, Value) {
+    let dir = fixture();
+    let model = Gpt2::load(&dir.join("config.json"), &dir.join("model.safetensors")).unwrap();
+    let reference =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    (model, reference)
+}
+
+fn tokens(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn assert_close(got: f32, want: f32, what: &str) {
+    assert!((got - want).abs() < 1e-4, "{what}: {got} vs transformers {want}");
+}
+
+#[test]
+fn logits_and_prompt_logprobs_match_transformers() {
+    let (model, reference) = load();
+    for case in reference["prompts"].as_array().unwrap() {
+        let prompt = tokens(&case["tokens"]);
+        let out = model.forward(&prompt, &mut KvCache::default()).unwrap();
+        let last = out.logits.i(prompt.len() - 1).unwrap();
+        for (&index, want) in tokens(&case["probe_indices"])
+            .iter()
+            .zip(floats(&case["last_logits_at_probe"]))
+        {
+            let got: f32 = last.i(index as usize).unwrap().to_scalar().unwrap();
+            assert_close(got, want, &format!("{prompt:?} logit {index}"));
+        }
+        let max: f32 = last.max(0).unwrap().to_scalar().unwrap();
+        let sum: f32 = (last.clone() - f64::from(max))
+            .unwrap()
+            .exp()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_close(
+            max + sum.ln(),
+            case["last_logsumexp"].as_f64().unwrap() as f32,
+            "logsumexp",
+        );
+
+        let log_probs = candle_nn::ops::log_softmax(&out.logits, D::Minus1).unwrap();
+        for (i, want) in floats(&case["token_logprobs"]).into_iter().enumerate() {
+            let got: f32 = log_probs
+                .i((i, prompt[i + 1] as usize))
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert_close(got, want, &format!("{prompt:?} logprob of token {}", i + 1));
+        }
+    }
+}
+
+#[test]
+fn greedy_continuation_with_kv_cache_is_token_identical() {
+    let (model, reference) = load();
+    for case in reference["prompts"].as_array().unwrap() {
+        let prompt = tokens(&case["tokens"]);
+        let want = tokens(&case["greedy"]);
+        let mut cache = KvCache::default();
+        let mut next = prompt.clone();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let out = model.forward(&next, &mut cache).unwrap();
+            let last = out.logits.i(next.len() - 1).unwrap();
+            let token = last.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+            got.push(token);
+            next = vec![token];
+        }
+        assert_eq!(got, want, "prompt {prompt:?}");
+        assert_eq!(cache.len(), prompt.len() + want.len() - 1);
+    }
+}
+
+#[test]
+fn incremental_forward_equals_full_forward() {
+    let (model, reference) = load();
+    let prompt = tokens(&reference["prompts"][0]["tokens"]);
+    let full = model.forward(&prompt, &mut KvCache::default()).unwrap();
+    let mut cache = KvCache::default();
+    model.forward(&prompt[..3], &mut cache).unwrap();
+    let rest = model.forward(&prompt[3..], &mut cache).unwrap();
+    let diff: f32 = (full.logits.i(3..).unwrap() - rest.logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_keepdim(0)
+        .unwrap()
+        .max(1)
+        .unwrap()
+        .i(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(diff < 1e-4, "cached and uncached logits differ by {diff}");
+}
+
+#[test]
+fn context_overflow_is_an_error() {
+    let (model, _) = load();
+    let err = model
+        .forward(&vec![0; 1025], &mut KvCache::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("1025"), "{err}");
+}
