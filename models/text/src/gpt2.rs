@@ -37,7 +37,7 @@ fn default_activation() -> String {
 impl Gpt2Config {
     pub fn from_json(text: &str) -> Result<Self, TextError> {
         let config: Self = serde_json::from_str(text).map_err(|e| TextError::Config(e.to_string()))?;
-        if config.n_head == 0 || config.n_embd % config.n_head != 0 {
+        if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) {
             return Err(TextError::Config(format!(
                 "n_embd {} is not a multiple of n_head {}",
                 config.n_embd, config.n_head
