@@ -471,3 +471,33 @@ fn real_flower_photos_are_classified() {
         }
     }
 }
+
+#[test]
+fn port_comes_from_the_environment() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let model = common::tiny_model();
+    let server = Server::start(
+        &["--model", model.to_str().unwrap()],
+        &[("PORT", &free.to_string())],
+    );
+    assert_eq!(server.base, format!("http://127.0.0.1:{free}"));
+    assert_eq!(get(&server.url("/health")).status, 200);
+}
+
+#[test]
+fn slow_requests_time_out_with_503() {
+    let server = tiny_server(&["--request-timeout", "0.001"]);
+    let answer = post(
+        &server.url("/v1/classify"),
+        Some("application/json"),
+        heavy_request().as_bytes(),
+        &[],
+    );
+    assert_eq!(answer.expect_error(503), "timeout");
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    assert_eq!(get(&server.url("/health")).status, 200);
+}

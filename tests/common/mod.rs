@@ -60,13 +60,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `classifier serve --port 0 <args>` and waits for its "ready" log line.
+    /// Starts `classifier serve --port 0 <args>` (or on `PORT` when `envs` sets it) and waits
+    /// for its "ready" log line.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut command = Command::new(BINARY);
-        command
-            .arg("serve")
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(args);
+        command.arg("serve").args(["--host", "127.0.0.1"]);
+        if !envs.iter().any(|(k, _)| *k == "PORT") {
+            command.args(["--port", "0"]);
+        }
+        command.args(args);
         command
             .env_remove("PORT")
             .env_remove("API_KEY")
