@@ -1,8 +1,10 @@
-//! GPT-2 in candle, with no HTTP in it.
+//! GPT-2 in candle and its byte-level BPE tokenizer, with no HTTP in it.
 
 pub mod gpt2;
+pub mod tokenizer;
 
 pub use gpt2::{Gpt2, Gpt2Config, KvCache};
+pub use tokenizer::{Gpt2Tokenizer, StreamDecoder, END_OF_TEXT};
 
 /// What can go wrong loading or running GPT-2.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +15,8 @@ pub enum TextError {
     Config(String),
     #[error("{tokens} tokens do not fit the context of {context}")]
     ContextOverflow { tokens: usize, context: usize },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -1,0 +1,195 @@
+//! GPT-2's byte-level BPE, through Hugging Face's `tokenizers` (the reference implementation),
+//! from `tokenizer.json` or from `vocab.json` + `merges.txt`, with `<|endoftext|>` as a special
+//! token; plus a streaming decoder that never emits a broken UTF-8 character.
+
+use std::path::Path;
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::TextError;
+
+/// GPT-2's end-of-text token.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// A GPT-2 tokenizer and the raw bytes of every token.
+pub struct Gpt2Tokenizer {
+    inner: Tokenizer,
+    token_bytes: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Gpt2Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpt2Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+fn tokenizer_error(e: impl std::fmt::Display) -> TextError {
+    TextError::Tokenizer(e.to_string())
+}
+
+impl Gpt2Tokenizer {
+    /// From a Hugging Face `tokenizer.json`.
+    pub fn from_tokenizer_json(path: &Path) -> Result<Self, TextError> {
+        Self::new(Tokenizer::from_file(path).map_err(tokenizer_error)?)
+    }
+
+    /// From `vocab.json` and `merges.txt` (the same files as OpenAI's `encoder.json` and
+    /// `vocab.bpe`), configured as GPT-2's: byte-level, no prefix space.
+    pub fn from_vocab_and_merges(vocab: &Path, merges: &Path) -> Result<Self, TextError> {
+        let path = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| tokenizer_error("non-UTF-8 path"))
+        };
+        let bpe = BPE::from_file(&path(vocab)?, &path(merges)?)
+            .build()
+            .map_err(tokenizer_error)?;
+        let mut tokenizer = Tokenizer::new(bpe);
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
+        tokenizer
+            .add_special_tokens([AddedToken::from(END_OF_TEXT, true)])
+            .map_err(tokenizer_error)?;
+        Self::new(tokenizer)
+    }
+
+    fn new(inner: Tokenizer) -> Result<Self, TextError> {
+        let unicode_to_byte = unicode_to_byte();
+        let size = inner.get_vocab_size(true) as u32;
+        let token_bytes = (0..size)
+            .map(|id| {
+                let token = inner.id_to_token(id).unwrap_or_default();
+                if inner.get_added_vocabulary().is_special_token(&token) {
+                    return token.into_bytes();
+                }
+                token
+                    .chars()
+                    .map(|c| unicode_to_byte.get(&c).copied().unwrap_or(b'?'))
+                    .collect()
+            })
+            .collect();
+        Ok(Self { inner, token_bytes })
+    }
+
+    /// Tokens, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// Token ids of `text`; `<|endoftext|>` in the text is the special token.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tokenizer_error)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// The raw bytes of a token (a token may hold part of a UTF-8 character).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Text of `ids`; bytes that are not valid UTF-8 become U+FFFD, as the reference decodes.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.token_bytes(id).iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// GPT-2's byte-to-character table (`bytes_to_unicode`), inverted.
+fn unicode_to_byte() -> std::collections::HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            let c = if printable(b) {
+                char::from(b)
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap_or('?')
+            };
+            (c, b)
+        })
+        .collect()
+}
+
+/// Turns token bytes into text as tokens arrive, holding back an incomplete UTF-8 character
+/// until the tokens that complete it come.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    /// The text that `bytes` completes (possibly empty).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut text = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(valid) => {
+                    text.push_str(valid);
+                    self.pending.clear();
+                    return text;
+                }
+                Err(e) => {
+                    let (valid, rest) = self.pending.split_at(e.valid_up_to());
+                    text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match e.error_len() {
+                        // An incomplete character at the end: wait for more bytes.
+                        None => {
+                            self.pending = rest.to_vec();
+                            return text;
+                        }
+                        // An invalid sequence: replace it, as the reference decoder does.
+                        Some(bad) => {
+                            text.push(char::REPLACEMENT_CHARACTER);
+                            self.pending = rest[bad..].to_vec();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// What is left at the end of the stream (an incomplete character becomes U+FFFD).
+    pub fn finish(self) -> String {
+        String::from_utf8_lossy(&self.pending).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_decoder_holds_back_split_characters() {
+        let emoji = "🦀".as_bytes();
+        let mut decoder = StreamDecoder::default();
+        assert_eq!(decoder.push(b"a"), "a");
+        assert_eq!(decoder.push(&emoji[..1]), "");
+        assert_eq!(decoder.push(&emoji[1..3]), "");
+        assert_eq!(decoder.push(&[emoji[3], b'b']), "🦀b");
+        assert_eq!(decoder.push(&[0xFF, b'c']), "\u{FFFD}c");
+        assert_eq!(decoder.push(&emoji[..2]), "");
+        assert_eq!(decoder.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn byte_table_covers_every_byte() {
+        let table = unicode_to_byte();
+        assert_eq!(table.len(), 256);
+        assert_eq!(table[&'Ġ'], b' ');
+        assert_eq!(table[&'Ċ'], b'\n');
+        assert_eq!(table[&'!'], b'!');
+    }
+}
