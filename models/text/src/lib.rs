@@ -1,9 +1,13 @@
 //! GPT-2 in candle and its byte-level BPE tokenizer, with no HTTP in it.
 
+pub mod generate;
 pub mod gpt2;
+pub mod sampling;
 pub mod tokenizer;
 
+pub use generate::{FinishReason, GenerateOptions, Generation, Step, TokenLogprob};
 pub use gpt2::{Gpt2, Gpt2Config, KvCache};
+pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{Gpt2Tokenizer, StreamDecoder, END_OF_TEXT};
 
 /// What can go wrong loading or running GPT-2.
