@@ -3,6 +3,8 @@
 
 mod common;
 
+const BINARY: &str = env!("CARGO_BIN_EXE_classifier");
+
 use base64::Engine;
 use common::{get, get_with, multipart, post, Server};
 use serde_json::{json, Value};
@@ -20,7 +22,7 @@ fn tiny_server(extra: &[&str]) -> Server {
     let model = common::tiny_model();
     let mut args = vec!["--model", model.to_str().unwrap()];
     args.extend_from_slice(extra);
-    Server::start(&args, &[])
+    Server::start(BINARY, &args, &[])
 }
 
 /// timm's top-5 for a 224x224 PNG (no resize) must come back with probabilities within 1e-4.
@@ -347,7 +349,11 @@ fn bad_inputs_get_4xx_json_errors_and_the_server_stays_healthy() {
 #[test]
 fn api_key_guards_everything_but_health() {
     let model = common::tiny_model();
-    let server = Server::start(&["--model", model.to_str().unwrap()], &[("API_KEY", "s3cret")]);
+    let server = Server::start(
+        BINARY,
+        &["--model", model.to_str().unwrap()],
+        &[("API_KEY", "s3cret")],
+    );
     let png = fixture_image("synthetic-0-224x224.png");
     assert_eq!(get(&server.url("/health")).status, 200);
     assert_eq!(
@@ -481,6 +487,7 @@ fn port_comes_from_the_environment() {
         .port();
     let model = common::tiny_model();
     let server = Server::start(
+        BINARY,
         &["--model", model.to_str().unwrap()],
         &[("PORT", &free.to_string())],
     );

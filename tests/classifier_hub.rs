@@ -4,6 +4,8 @@
 
 mod common;
 
+const BINARY: &str = env!("CARGO_BIN_EXE_classifier");
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -111,7 +113,7 @@ fn parse_range(value: &str) -> (usize, Option<usize>) {
 
 fn predict(hub: &FakeHub, hf_home: &Path, model: &str, envs: &[(&str, &str)]) -> Output {
     let image = common::tiny_model().join("images/synthetic-0-224x224.png");
-    let mut command = Command::new(common::BINARY);
+    let mut command = Command::new(BINARY);
     command
         .args(["predict", "--json", "--model", model])
         .arg(&image)

@@ -1,5 +1,5 @@
-//! Helpers for end-to-end tests: start the real `classifier` binary on a free port, talk HTTP to
-//! it, and find the committed fixtures and the shared data.
+//! Helpers for end-to-end tests: start a real service binary on a free port, talk HTTP to it,
+//! and find the committed fixtures and the shared data.
 
 #![allow(dead_code)]
 
@@ -10,8 +10,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-pub const BINARY: &str = env!("CARGO_BIN_EXE_classifier");
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -46,12 +44,12 @@ pub fn temp_dir(name: &str) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let dir = std::env::temp_dir().join(format!("classifier-test-{name}-{}-{nanos}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("service-test-{name}-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-/// A running `classifier serve`, killed when dropped.
+/// A running `<binary> serve`, killed when dropped.
 pub struct Server {
     child: Option<Child>,
     pub base: String,
@@ -60,10 +58,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `classifier serve --port 0 <args>` (or on `PORT` when `envs` sets it) and waits
+    /// Starts `<binary> serve --port 0 <args>` (or on `PORT` when `envs` sets it) and waits
     /// for its "ready" log line.
-    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(BINARY);
+    pub fn start(binary: &str, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(binary);
         command.arg("serve").args(["--host", "127.0.0.1"]);
         if !envs.iter().any(|(k, _)| *k == "PORT") {
             command.args(["--port", "0"]);
@@ -80,7 +78,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start classifier");
+            .expect("start the service");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -94,7 +92,7 @@ impl Server {
         loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("classifier did not become ready; status {:?}", child.try_wait()));
+                .unwrap_or_else(|_| panic!("{binary} did not become ready; status {:?}", child.try_wait()));
             let Ok(json) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };

@@ -81,11 +81,9 @@ fn serve_http(args: &ModelArgs, serve: &ServeArgs, max_batch: usize, max_images:
         Ok(loaded) => loaded,
         Err(e) => return runtime::startup_failure(&e),
     };
-    let listener = match phases.run("bind", || std::net::TcpListener::bind((serve.host, serve.port))) {
+    let listener = match runtime::bind(serve, &mut phases) {
         Ok(listener) => listener,
-        Err(e) => {
-            return runtime::startup_failure(&format!("cannot listen on {}:{}: {e}", serve.host, serve.port))
-        }
+        Err(code) => return code,
     };
     let metrics = Arc::new(Metrics::default());
     let classifier = Arc::new(classifier);
@@ -106,32 +104,7 @@ fn serve_http(args: &ModelArgs, serve: &ServeArgs, max_batch: usize, max_images:
         max_images,
     });
     let ctx = ServiceContext::new("classifier", card, phases.phases().to_vec(), metrics);
-    let app = runtime::app(ctx.clone(), routes::routes(state), serve);
-    let served = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .and_then(|rt| {
-            rt.block_on(async {
-                listener.set_nonblocking(true)?;
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                runtime::run(
-                    listener,
-                    app,
-                    ctx,
-                    runtime::shutdown_signal(),
-                    serve.shutdown_timeout,
-                )
-                .await
-            })
-        });
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "server failed");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime::serve(ctx, routes::routes(state), serve, listener)
 }
 
 fn predict(args: &ModelArgs, top_k: usize, as_json: bool, images: &[PathBuf]) -> ExitCode {

@@ -17,6 +17,45 @@ pub use phases::{InitPhases, Phase};
 pub use server::{app, run, shutdown_signal, ModelCard, ServiceContext};
 pub use worker::ModelWorker;
 
+/// Binds the service's port (the last init phase: nothing listens before the model is ready).
+pub fn bind(
+    args: &ServeArgs,
+    phases: &mut InitPhases,
+) -> Result<std::net::TcpListener, std::process::ExitCode> {
+    phases
+        .run("bind", || std::net::TcpListener::bind((args.host, args.port)))
+        .map_err(|e| startup_failure(&format!("cannot listen on {}:{}: {e}", args.host, args.port)))
+}
+
+/// Serves `routes` (plus health, metrics and the model card) on `listener` until SIGTERM or
+/// SIGINT, then drains; answers the process's exit code.
+pub fn serve(
+    ctx: std::sync::Arc<ServiceContext>,
+    routes: axum::Router,
+    args: &ServeArgs,
+    listener: std::net::TcpListener,
+) -> std::process::ExitCode {
+    let app = app(ctx.clone(), routes, args);
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            rt.block_on(async {
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                run(listener, app, ctx, shutdown_signal(), args.shutdown_timeout).await
+            })
+        });
+    match served {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Exit code for bad configuration or unusable weights (after one clear line on stderr).
 pub const EXIT_CONFIG: u8 = 2;
 

@@ -1,0 +1,268 @@
+//! The textgen HTTP routes: OpenAI's completions API, as one JSON answer or as Server-Sent
+//! Events (one chunk per token, then `data: [DONE]`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use runtime::{ApiError, ModelWorker};
+use serde_json::{json, Map, Value};
+use text::{GenerateOptions, TokenLogprob};
+use tokio::sync::mpsc;
+
+use crate::completions::{Completion, CompletionRequest};
+use crate::model::{ChoiceJob, Event, Job, TextModel};
+
+/// What the routes share.
+pub struct AppState {
+    pub model: Arc<TextModel>,
+    pub worker: ModelWorker<Job>,
+    pub model_id: String,
+}
+
+/// `/v1/completions`, `/v1/engines/{engine}/completions`, and `/` and `/invocations` (what FaaS
+/// wrappers call) for the same.
+pub fn routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/engines/{engine}/completions", post(completions))
+        .route("/", post(completions))
+        .route("/invocations", post(completions))
+        .with_state(state)
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: CompletionRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let completion = request.validate(&state.model.tokenizer, state.model.gpt2.config().n_positions)?;
+    let (events, receiver) = mpsc::channel(64);
+    let choices = choice_jobs(&completion);
+    state.worker.submit(Job { choices, events })?;
+    let answer = Answer::new(&state, &completion);
+    if completion.stream {
+        Ok(Sse::new(answer.stream(receiver)).into_response())
+    } else {
+        Ok(Json(answer.collect(receiver).await?).into_response())
+    }
+}
+
+/// Every (prompt, i < n) pair as a choice, in OpenAI's order, each with its own seed.
+fn choice_jobs(completion: &Completion) -> Vec<ChoiceJob> {
+    let mut jobs = Vec::new();
+    for prompt in &completion.prompts {
+        for _ in 0..completion.n {
+            let mut options: GenerateOptions = completion.options.clone();
+            options.sampling.seed = completion.seed.wrapping_add(jobs.len() as u64);
+            jobs.push(ChoiceJob {
+                prompt: prompt.clone(),
+                options,
+            });
+        }
+    }
+    jobs
+}
+
+/// Builds the answer from the model thread's events.
+struct Answer {
+    model: Arc<TextModel>,
+    id: String,
+    created: u64,
+    model_id: String,
+    echo: bool,
+    logprobs: bool,
+    prompts: Vec<Vec<u32>>,
+    n: usize,
+}
+
+/// One choice's text and logprobs as they accumulate.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    tokens: Vec<Value>,
+    token_logprobs: Vec<Value>,
+    top_logprobs: Vec<Value>,
+    text_offset: Vec<Value>,
+    finish_reason: Option<&'static str>,
+    completion_tokens: usize,
+}
+
+impl Answer {
+    fn new(state: &AppState, completion: &Completion) -> Self {
+        Self {
+            model: state.model.clone(),
+            id: format!("cmpl-{:024x}", rand::random::<u128>() >> 32),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model_id: state.model_id.clone(),
+            echo: completion.echo,
+            logprobs: completion.options.logprobs.is_some(),
+            prompts: completion.prompts.clone(),
+            n: completion.n,
+        }
+    }
+
+    fn token_text(&self, token: u32) -> String {
+        String::from_utf8_lossy(self.model.tokenizer.token_bytes(token)).into_owned()
+    }
+
+    /// Adds text (and, with logprobs, the token it came from) to a choice; answers the
+    /// logprobs object for just this piece, as a stream chunk carries it.
+    fn add(&self, choice: &mut Choice, text: &str, token: u32, logprob: Option<&TokenLogprob>) -> Value {
+        let offset = choice.text.chars().count();
+        choice.text.push_str(text);
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let token_logprob = logprob.map_or(Value::Null, |l| json!(l.logprob));
+        let top = logprob.map_or(Value::Null, |l| {
+            Value::Object(
+                l.top
+                    .iter()
+                    .map(|&(t, lp)| (self.token_text(t), json!(lp)))
+                    .collect::<Map<_, _>>(),
+            )
+        });
+        let piece = json!({
+            "tokens": [self.token_text(token)],
+            "token_logprobs": [token_logprob],
+            "top_logprobs": [top],
+            "text_offset": [offset],
+        });
+        choice.tokens.push(piece["tokens"][0].clone());
+        choice.token_logprobs.push(piece["token_logprobs"][0].clone());
+        choice.top_logprobs.push(piece["top_logprobs"][0].clone());
+        choice.text_offset.push(piece["text_offset"][0].clone());
+        piece
+    }
+
+    /// Echo: the prompt's tokens, each with its log-probability (none for the first).
+    fn add_prompt(&self, choice: &mut Choice, index: usize, logprobs: &[TokenLogprob]) -> Option<Value> {
+        if !self.echo {
+            return None;
+        }
+        let prompt = &self.prompts[index / self.n];
+        if !self.logprobs {
+            choice.text.push_str(&self.model.tokenizer.decode(prompt));
+            return Some(Value::Null);
+        }
+        let mut pieces = Vec::new();
+        for (i, &token) in prompt.iter().enumerate() {
+            let text = self.token_text(token);
+            pieces.push(self.add(
+                choice,
+                &text,
+                token,
+                i.checked_sub(1).and_then(|j| logprobs.get(j)),
+            ));
+        }
+        let merge = |field: &str| Value::Array(pieces.iter().map(|p| p[field][0].clone()).collect());
+        Some(json!({
+            "tokens": merge("tokens"),
+            "token_logprobs": merge("token_logprobs"),
+            "top_logprobs": merge("top_logprobs"),
+            "text_offset": merge("text_offset"),
+        }))
+    }
+
+    fn envelope(&self, choices: Value) -> Value {
+        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_id, "choices": choices})
+    }
+
+    /// Waits for every choice and answers the whole completion.
+    async fn collect(self, mut receiver: mpsc::Receiver<Event>) -> Result<Value, ApiError> {
+        let count = self.prompts.len() * self.n;
+        let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
+        while let Some(event) = receiver.recv().await {
+            match event {
+                Event::Prompt { choice, logprobs } => {
+                    self.add_prompt(&mut choices[choice], choice, &logprobs);
+                }
+                Event::Token { choice, step } => {
+                    let c = &mut choices[choice];
+                    c.completion_tokens += 1;
+                    self.add(c, &step.text, step.token, step.logprob.as_ref());
+                }
+                Event::Done {
+                    choice,
+                    finish_reason,
+                    completion_tokens,
+                } => {
+                    choices[choice].finish_reason = Some(finish_reason.as_str());
+                    choices[choice].completion_tokens = completion_tokens;
+                }
+                Event::Failed(message) => {
+                    return Err(ApiError::internal(format!("generation failed: {message}")))
+                }
+            }
+        }
+        if choices.iter().any(|c| c.finish_reason.is_none()) {
+            return Err(ApiError::internal("the model thread stopped before finishing"));
+        }
+        let prompt_tokens: usize = self.prompts.iter().map(Vec::len).sum::<usize>() * self.n;
+        let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
+        let choices: Vec<Value> = choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let logprobs = if self.logprobs {
+                    json!({"tokens": c.tokens, "token_logprobs": c.token_logprobs, "top_logprobs": c.top_logprobs, "text_offset": c.text_offset})
+                } else {
+                    Value::Null
+                };
+                json!({"text": c.text, "index": index, "logprobs": logprobs, "finish_reason": c.finish_reason})
+            })
+            .collect();
+        let mut answer = self.envelope(Value::Array(choices));
+        answer["usage"] = json!({
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        });
+        Ok(answer)
+    }
+
+    /// One SSE chunk per event as the model produces it, then `[DONE]`. Dropping the stream
+    /// (the client went away) closes the channel, which stops the generation.
+    fn stream(self, receiver: mpsc::Receiver<Event>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+        let count = self.prompts.len() * self.n;
+        let choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
+        stream::unfold(Some((self, receiver, choices)), |state| async move {
+            let (answer, mut receiver, mut choices) = state?;
+            let chunk = match receiver.recv().await {
+                None => return Some((Ok(SseEvent::default().data("[DONE]")), None)),
+                Some(Event::Prompt { choice, logprobs }) => {
+                    let before = choices[choice].text.len();
+                    match answer.add_prompt(&mut choices[choice], choice, &logprobs) {
+                        Some(logprobs) => {
+                            let text = choices[choice].text[before..].to_string();
+                            answer.envelope(json!([{"text": text, "index": choice, "logprobs": logprobs, "finish_reason": null}]))
+                        }
+                        None => return Some((Ok(SseEvent::default().comment("prompt")), Some((answer, receiver, choices)))),
+                    }
+                }
+                Some(Event::Token { choice, step }) => {
+                    let logprobs = answer.add(&mut choices[choice], &step.text, step.token, step.logprob.as_ref());
+                    answer.envelope(json!([{"text": step.text, "index": choice, "logprobs": logprobs, "finish_reason": null}]))
+                }
+                Some(Event::Done { choice, finish_reason, .. }) => answer.envelope(
+                    json!([{"text": "", "index": choice, "logprobs": null, "finish_reason": finish_reason.as_str()}]),
+                ),
+                Some(Event::Failed(message)) => {
+                    json!({"error": {"message": format!("generation failed: {message}"), "type": "server_error", "code": "internal_error"}})
+                }
+            };
+            Some((
+                Ok(SseEvent::default().data(chunk.to_string())),
+                Some((answer, receiver, choices)),
+            ))
+        })
+    }
+}
