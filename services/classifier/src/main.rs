@@ -58,7 +58,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    runtime::telemetry::init();
+    let mode = match cli.command {
+        Command::Serve { .. } => runtime::telemetry::LogMode::Service,
+        _ => runtime::telemetry::LogMode::Cli,
+    };
+    runtime::telemetry::init(mode);
     match cli.command {
         Command::Serve {
             model,
