@@ -18,7 +18,10 @@ pub fn init(mode: LogMode) {
         LogMode::Cli => "off",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false);
+    let builder = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false);
     let _ = match mode {
         LogMode::Service => builder.with_writer(std::io::stdout).try_init(),
         LogMode::Cli => builder.with_writer(std::io::stderr).try_init(),

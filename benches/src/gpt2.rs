@@ -1,0 +1,62 @@
+//! GPT-2 greedy decoding speed at batch 1: prefill time for a prompt and tokens per second
+//! for the decode steps, on the weights of a directory (see `scripts/make_random_gpt2.py`).
+//! `scripts/reference/bench_gpt2.py` runs it beside Hugging Face `transformers`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use text::{Gpt2, KvCache};
+
+#[derive(Parser)]
+struct Args {
+    /// Directory with config.json and model.safetensors.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128)]
+    prompt: usize,
+    /// Tokens to decode after the prompt.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let model = Gpt2::load(
+        &args.model.join("config.json"),
+        &args.model.join("model.safetensors"),
+    )?;
+    let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i * 7919) % 50_000).collect();
+    model.forward(&prompt[..8], &mut KvCache::default())?;
+    let mut cache = KvCache::default();
+    let start = Instant::now();
+    let out = model.forward(&prompt, &mut cache)?;
+    let mut next = out.logits.get(args.prompt - 1)?.argmax(0)?.to_scalar::<u32>()?;
+    let prefill = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..args.tokens {
+        let out = model.forward(&[next], &mut cache)?;
+        next = out.logits.get(0)?.argmax(0)?.to_scalar::<u32>()?;
+    }
+    let decode = start.elapsed().as_secs_f64();
+    let tokens_per_s = args.tokens as f64 / decode;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"engine": "candle (ours)", "prefill_tokens": args.prompt, "prefill_ms": prefill * 1e3,
+                "decode_tokens": args.tokens, "decode_tokens_per_s": tokens_per_s})
+        );
+    } else {
+        println!(
+            "candle (ours)  prefill {} tokens: {:.1} ms   decode: {tokens_per_s:.1} tokens/s ({} tokens)",
+            args.prompt,
+            prefill * 1e3,
+            args.tokens
+        );
+    }
+    Ok(())
+}
