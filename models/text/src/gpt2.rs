@@ -80,7 +80,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.broadcast_matmul(&self.weight)?.broadcast_add(&self.bias)
+        crate::matvec::matmul(x, &self.weight)?.broadcast_add(&self.bias)
     }
 }
 
@@ -256,7 +256,7 @@ impl Gpt2 {
         }
         cache.len = end;
         let hidden = self.ln_f.forward(&x)?;
-        let logits = hidden.matmul(&self.wte.t()?)?;
+        let logits = crate::matvec::matmul_transposed(&hidden, &self.wte)?;
         Ok(Forward { logits, hidden })
     }
 }

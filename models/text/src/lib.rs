@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod gpt2;
+mod matvec;
 pub mod sampling;
 pub mod tokenizer;
 
