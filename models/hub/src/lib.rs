@@ -5,9 +5,12 @@
 //! the network, and `HF_ENDPOINT` points the client elsewhere (tests serve a fake hub on
 //! loopback). Every failure is one line that names the source, the file and the way out.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use candle_core::{Device, Tensor};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
@@ -33,6 +36,26 @@ pub enum HubError {
         file: String,
         reason: String,
     },
+    #[error("cannot read weights {path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
+}
+
+/// Loads every tensor of a safetensors file onto the CPU through a memory map: each tensor is
+/// copied once, straight from the page cache into its own buffer.
+pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, HubError> {
+    let unreadable = |e: candle_core::Error| HubError::Weights {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    // SAFETY: the map is read-only and dropped before returning; every tensor is copied out of it.
+    let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(unreadable)?;
+    file.tensors()
+        .into_iter()
+        .map(|(name, _)| {
+            let tensor = file.load(&name, &Device::Cpu).map_err(unreadable)?;
+            Ok((name, tensor))
+        })
+        .collect()
 }
 
 /// A `--model` value.

@@ -4,7 +4,7 @@
 //! The model holds no per-request state: each generation owns a [`KvCache`], so any number of
 //! requests can run against one loaded model.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -132,12 +132,14 @@ impl Gpt2 {
         let text = std::fs::read_to_string(config_path)
             .map_err(|e| TextError::Config(format!("cannot read {}: {e}", config_path.display())))?;
         let config = Gpt2Config::from_json(&text)?;
-        let tensors = candle_core::safetensors::load(weights_path, &Device::Cpu)
-            .map_err(|e| TextError::Weights(format!("cannot read {}: {e}", weights_path.display())))?;
+        let tensors = hub::load_safetensors(weights_path).map_err(|e| TextError::Weights(e.to_string()))?;
         Self::from_tensors(config, tensors)
     }
 
-    pub fn from_tensors(config: Gpt2Config, mut tensors: HashMap<String, Tensor>) -> Result<Self, TextError> {
+    pub fn from_tensors(
+        config: Gpt2Config,
+        mut tensors: BTreeMap<String, Tensor>,
+    ) -> Result<Self, TextError> {
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, TextError> {
             let tensor = tensors
                 .remove(name)

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 
 use crate::ops::{self, Activation, ConvGeometry, Padding};
 use crate::VisionError;
@@ -313,19 +313,4 @@ impl Loader<'_> {
             })
         }
     }
-}
-
-/// Loads the tensors of a safetensors file onto the CPU through a memory map.
-pub fn load_safetensors(path: &std::path::Path) -> Result<BTreeMap<String, Tensor>, VisionError> {
-    let unreadable =
-        |e: candle_core::Error| VisionError::Weights(format!("cannot read {}: {e}", path.display()));
-    // SAFETY: the map is read-only and dropped before returning; every tensor is copied out of it.
-    let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(unreadable)?;
-    file.tensors()
-        .into_iter()
-        .map(|(name, _)| {
-            let tensor = file.load(&name, &Device::Cpu).map_err(unreadable)?;
-            Ok((name, tensor))
-        })
-        .collect()
 }

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::config::{ModelConfig, Preprocessing};
-use crate::mobilenetv2::{load_safetensors, MobileNetV2};
+use crate::mobilenetv2::MobileNetV2;
 use crate::VisionError;
 
 /// ImageNet-1k class names, index by index (from torchvision's weight metadata).
@@ -43,7 +43,7 @@ impl ImageClassifier {
         let text = std::fs::read_to_string(config_path)
             .map_err(|e| VisionError::Config(format!("cannot read {}: {e}", config_path.display())))?;
         let config = ModelConfig::from_json(&text)?;
-        let tensors = load_safetensors(weights_path)?;
+        let tensors = hub::load_safetensors(weights_path).map_err(|e| VisionError::Weights(e.to_string()))?;
         let model = MobileNetV2::from_tensors(&tensors, config.architecture())?;
         Self::new(model, &config)
     }

@@ -91,7 +91,7 @@ fn real_photos_with_resize_match_timm_within_1e_4() {
         ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let preprocessing: Preprocessing = serde_json::from_value(reference["pretrained_cfg"].clone()).unwrap();
     config.pretrained_cfg = Some(preprocessing);
-    let tensors = vision::mobilenetv2::load_safetensors(&dir.join("model.safetensors")).unwrap();
+    let tensors = hub::load_safetensors(&dir.join("model.safetensors")).unwrap();
     let model = vision::MobileNetV2::from_tensors(&tensors, config.architecture()).unwrap();
     let classifier = ImageClassifier::new(model, &config).unwrap();
     let photos = reference["photos"].as_object().unwrap();

@@ -74,9 +74,7 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifie
             .map_err(|e| VisionError::Config(format!("cannot read {}: {e}", config_path.display())))?;
         ModelConfig::from_json(&text)
     })?;
-    let tensors = phases.run("load_weights", || {
-        vision::mobilenetv2::load_safetensors(&weights_path)
-    })?;
+    let tensors = phases.run("load_weights", || hub::load_safetensors(&weights_path))?;
     let classifier = phases.run("build_model", || -> Result<_, VisionError> {
         let model = vision::MobileNetV2::from_tensors(&tensors, config.architecture())?;
         ImageClassifier::new(model, &config)
