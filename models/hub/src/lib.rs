@@ -115,6 +115,18 @@ impl fmt::Display for ModelSource {
 }
 
 impl ModelSource {
+    /// The name answers give the model: the repo id, or a local directory's own name.
+    pub fn model_name(&self) -> String {
+        match self {
+            Self::Hub { .. } => self.to_string(),
+            Self::Local(dir) => dir
+                .canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| self.to_string()),
+        }
+    }
+
     /// The local path of `file`, downloading it into the cache when needed and allowed.
     pub fn fetch(&self, file: &str) -> Result<PathBuf, HubError> {
         match self {

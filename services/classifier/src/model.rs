@@ -87,14 +87,7 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifie
     })?;
     let pre = classifier.preprocessing();
     let card = ModelCard {
-        id: match &source {
-            hub::ModelSource::Hub { .. } => source.to_string(),
-            hub::ModelSource::Local(dir) => dir
-                .canonicalize()
-                .ok()
-                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| source.to_string()),
-        },
+        id: source.model_name(),
         source: source.to_string(),
         device: "cpu".into(),
         dtype: args.dtype.to_string(),
