@@ -6,15 +6,22 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 
 use common::{get, post, Server};
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_textgen");
 
-/// The tiny GPT-2 fixture plus GPT-2's vocab.json and merges.txt from ../shared/data.
-fn model_dir() -> Option<PathBuf> {
+/// The tiny GPT-2 fixture (no tokenizer files: the built-in BPE is used).
+fn start(extra: &[&str]) -> Option<Server> {
+    let dir = common::root().join("tests/fixtures/gpt2-tiny");
+    let mut args = vec!["--model", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Some(Server::start(BINARY, &args, &[]))
+}
+
+/// The fixture with GPT-2's vocab.json and merges.txt from ../shared/data next to it.
+fn start_with_tokenizer_files() -> Option<Server> {
     let vocab = common::shared_data("gpt2-tokenizer")?;
     let dir = common::temp_dir("gpt2-tiny");
     for file in ["config.json", "model.safetensors"] {
@@ -26,14 +33,7 @@ fn model_dir() -> Option<PathBuf> {
     }
     std::fs::copy(vocab.join("encoder.json"), dir.join("vocab.json")).unwrap();
     std::fs::copy(vocab.join("vocab.bpe"), dir.join("merges.txt")).unwrap();
-    Some(dir)
-}
-
-fn start(extra: &[&str]) -> Option<Server> {
-    let dir = model_dir()?;
-    let mut args = vec!["--model", dir.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    Some(Server::start(BINARY, &args, &[]))
+    Some(Server::start(BINARY, &["--model", dir.to_str().unwrap()], &[]))
 }
 
 fn reference() -> Value {
@@ -317,4 +317,17 @@ fn the_official_openai_client_works_unchanged() {
     assert_eq!(seen["text"], seen["streamed"]);
     assert_eq!(seen["scored_tokens"].as_array().unwrap().len(), 7);
     eprintln!("openai client: {seen}");
+}
+
+#[test]
+fn tokenizer_files_next_to_the_weights_give_the_same_answers() {
+    let Some(with_files) = start_with_tokenizer_files() else {
+        return;
+    };
+    let Some(builtin) = start(&[]) else { return };
+    let body = json!({"prompt": "Héllo wörld 🦀, the quick brown fox", "max_tokens": 12, "temperature": 0, "echo": true});
+    assert_eq!(
+        complete(&with_files, body.clone())["choices"],
+        complete(&builtin, body)["choices"]
+    );
 }

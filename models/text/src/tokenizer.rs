@@ -40,12 +40,41 @@ impl Gpt2Tokenizer {
     /// From `vocab.json` and `merges.txt` (the same files as OpenAI's `encoder.json` and
     /// `vocab.bpe`), configured as GPT-2's: byte-level, no prefix space.
     pub fn from_vocab_and_merges(vocab: &Path, merges: &Path) -> Result<Self, TextError> {
-        let path = |p: &Path| {
-            p.to_str()
-                .map(str::to_string)
-                .ok_or_else(|| tokenizer_error("non-UTF-8 path"))
+        let read = |p: &Path| std::fs::read(p).map_err(|e| tokenizer_error(format!("{}: {e}", p.display())));
+        Self::from_parts(&read(vocab)?, &read(merges)?)
+    }
+
+    /// GPT-2's own BPE (r50k_base), built into the binary for directories without tokenizer
+    /// files (`scripts/fetch_gpt2_bpe.py` wrote the data from its published source).
+    pub fn builtin() -> Result<Self, TextError> {
+        let gunzip = |bytes: &[u8]| -> Result<Vec<u8>, TextError> {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out)
+                .map_err(tokenizer_error)?;
+            Ok(out)
         };
-        let bpe = BPE::from_file(&path(vocab)?, &path(merges)?)
+        Self::from_parts(
+            &gunzip(include_bytes!("../data/gpt2-vocab.json.gz"))?,
+            &gunzip(include_bytes!("../data/gpt2-merges.txt.gz"))?,
+        )
+    }
+
+    fn from_parts(vocab_json: &[u8], merges_txt: &[u8]) -> Result<Self, TextError> {
+        let vocab: std::collections::HashMap<String, u32> =
+            serde_json::from_slice(vocab_json).map_err(tokenizer_error)?;
+        let merges_txt = std::str::from_utf8(merges_txt).map_err(tokenizer_error)?;
+        let merges = merges_txt
+            .lines()
+            .filter(|line| !line.starts_with("#version") && !line.trim().is_empty())
+            .map(|line| {
+                line.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| tokenizer_error(format!("bad merge line `{line}`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let vocab: ahash::AHashMap<String, u32> = vocab.into_iter().collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
             .build()
             .map_err(tokenizer_error)?;
         let mut tokenizer = Tokenizer::new(bpe);
@@ -170,6 +199,20 @@ impl StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtin_bpe_is_gpt2s() {
+        let tokenizer = Gpt2Tokenizer::builtin().unwrap();
+        assert_eq!(tokenizer.vocab_size(), 50_257);
+        assert_eq!(
+            tokenizer.encode("Hello, world!<|endoftext|>").unwrap(),
+            [15496, 11, 995, 0, 50256]
+        );
+        assert_eq!(
+            tokenizer.encode("The quick brown fox jumps over the").unwrap(),
+            [464, 2068, 7586, 21831, 18045, 625, 262]
+        );
+    }
 
     #[test]
     fn stream_decoder_holds_back_split_characters() {

@@ -65,12 +65,15 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
     })?;
     let gpt2 = phases.run("load_weights", || Gpt2::load(&config_path, &weights_path))?;
     let tokenizer = phases.run("load_tokenizer", || -> Result<Gpt2Tokenizer, LoadError> {
-        match source.fetch("tokenizer.json") {
-            Ok(path) => Ok(Gpt2Tokenizer::from_tokenizer_json(&path)?),
-            Err(_) => Ok(Gpt2Tokenizer::from_vocab_and_merges(
-                &source.fetch("vocab.json")?,
-                &source.fetch("merges.txt")?,
-            )?),
+        if let Ok(path) = source.fetch("tokenizer.json") {
+            return Ok(Gpt2Tokenizer::from_tokenizer_json(&path)?);
+        }
+        match (source.fetch("vocab.json"), source.fetch("merges.txt")) {
+            (Ok(vocab), Ok(merges)) => Ok(Gpt2Tokenizer::from_vocab_and_merges(&vocab, &merges)?),
+            _ => {
+                tracing::info!("no tokenizer files next to the weights: using GPT-2's built-in BPE");
+                Ok(Gpt2Tokenizer::builtin()?)
+            }
         }
     })?;
     if tokenizer.vocab_size() != gpt2.config().vocab_size {
