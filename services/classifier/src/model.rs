@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use runtime::{ApiError, DTypeArg, DeviceArg, InitPhases, Metrics, ModelCard, ModelWorker};
+use runtime::{ApiError, ComputeArgs, InitPhases, Metrics, ModelCard, ModelWorker};
 use serde_json::json;
 use tokio::sync::oneshot;
 use vision::{DecodeLimits, ImageClassifier, ImageOutput, ModelConfig, VisionError};
@@ -17,13 +17,8 @@ pub struct ModelArgs {
     #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
 
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, env = "DEVICE", default_value = "auto")]
-    pub device: DeviceArg,
-
-    /// Weights and activations type.
-    #[arg(long, env = "DTYPE", value_enum, default_value_t = DTypeArg::F32)]
-    pub dtype: DTypeArg,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 
     /// Largest image accepted, in pixels (width x height), checked before decoding.
     #[arg(long, env = "MAX_PIXELS", default_value_t = 40_000_000)]
@@ -51,20 +46,7 @@ pub enum LoadError {
 
 /// Resolves, loads, builds and warms up the classifier, timing each step.
 pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifier, ModelCard), LoadError> {
-    match args.device {
-        DeviceArg::Auto | DeviceArg::Cpu => {}
-        DeviceArg::Cuda(_) => {
-            return Err(LoadError::Unsupported(
-                "this build has no CUDA support; run with --device cpu (or auto)".into(),
-            ))
-        }
-    }
-    if args.dtype != DTypeArg::F32 {
-        return Err(LoadError::Unsupported(format!(
-            "--dtype {} is not supported on CPU by the classifier's kernels; use --dtype f32",
-            args.dtype
-        )));
-    }
+    args.compute.require_cpu_f32().map_err(LoadError::Unsupported)?;
     let source: hub::ModelSource = args.model.parse()?;
     let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
         Ok((source.fetch("config.json")?, source.fetch("model.safetensors")?))
@@ -90,7 +72,7 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifie
         id: source.model_name(),
         source: source.to_string(),
         device: "cpu".into(),
-        dtype: args.dtype.to_string(),
+        dtype: args.compute.dtype.to_string(),
         details: json!({
             "architecture": config.architecture.as_deref().unwrap_or("mobilenetv2"),
             "num_classes": classifier.labels().len(),

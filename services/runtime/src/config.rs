@@ -44,6 +44,34 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{value}` is not a valid number of seconds"))
 }
 
+/// `--device` and `--dtype`: where and in what precision the model runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ComputeArgs {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, env = "DEVICE", default_value = "auto")]
+    pub device: DeviceArg,
+
+    /// Weights and activations type.
+    #[arg(long, env = "DTYPE", value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+}
+
+impl ComputeArgs {
+    /// This build computes on the CPU in f32; anything else is refused at start, with the way out.
+    pub fn require_cpu_f32(&self) -> Result<(), String> {
+        if let DeviceArg::Cuda(_) = self.device {
+            return Err("this build has no CUDA support; run with --device cpu (or auto)".into());
+        }
+        if self.dtype != DTypeArg::F32 {
+            return Err(format!(
+                "--dtype {} is not supported by this build's CPU kernels; use --dtype f32",
+                self.dtype
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `--device`: where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {

@@ -10,7 +10,7 @@ pub mod server;
 pub mod telemetry;
 pub mod worker;
 
-pub use config::{DTypeArg, DeviceArg, ServeArgs};
+pub use config::{ComputeArgs, DTypeArg, DeviceArg, ServeArgs};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use phases::{InitPhases, Phase};

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use runtime::{DTypeArg, DeviceArg, InitPhases, Metrics, ModelCard, ModelWorker};
+use runtime::{ComputeArgs, InitPhases, Metrics, ModelCard, ModelWorker};
 use serde_json::json;
 use text::{FinishReason, GenerateOptions, Generation, Gpt2, Gpt2Tokenizer, Step, TextError, TokenLogprob};
 use tokio::sync::mpsc;
@@ -19,13 +19,8 @@ pub struct ModelArgs {
     #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
 
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, env = "DEVICE", default_value = "auto")]
-    pub device: DeviceArg,
-
-    /// Weights and activations type.
-    #[arg(long, env = "DTYPE", value_enum, default_value_t = DTypeArg::F32)]
-    pub dtype: DTypeArg,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// Why the service could not start.
@@ -48,17 +43,7 @@ pub struct TextModel {
 
 /// Resolves, loads and warms up the model, timing each step.
 pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, ModelCard), LoadError> {
-    if let DeviceArg::Cuda(_) = args.device {
-        return Err(LoadError::Unsupported(
-            "this build has no CUDA support; run with --device cpu (or auto)".into(),
-        ));
-    }
-    if args.dtype != DTypeArg::F32 {
-        return Err(LoadError::Unsupported(format!(
-            "--dtype {} is not supported yet; use --dtype f32",
-            args.dtype
-        )));
-    }
+    args.compute.require_cpu_f32().map_err(LoadError::Unsupported)?;
     let source: hub::ModelSource = args.model.parse()?;
     let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
         Ok((source.fetch("config.json")?, source.fetch("model.safetensors")?))
@@ -91,7 +76,7 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
         id: source.model_name(),
         source: source.to_string(),
         device: "cpu".into(),
-        dtype: args.dtype.to_string(),
+        dtype: args.compute.dtype.to_string(),
         details: json!({
             "architecture": "gpt2",
             "vocab_size": config.vocab_size,
