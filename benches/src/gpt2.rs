@@ -34,13 +34,14 @@ fn main() -> anyhow::Result<()> {
     model.forward(&prompt[..8], &mut KvCache::default())?;
     let mut cache = KvCache::default();
     let start = Instant::now();
-    let out = model.forward(&prompt, &mut cache)?;
-    let mut next = out.logits.get(args.prompt - 1)?.argmax(0)?.to_scalar::<u32>()?;
+    let hidden = model.forward(&prompt, &mut cache)?;
+    let last = hidden.narrow(0, args.prompt - 1, 1)?;
+    let mut next = model.logits(&last)?.get(0)?.argmax(0)?.to_scalar::<u32>()?;
     let prefill = start.elapsed().as_secs_f64();
     let start = Instant::now();
     for _ in 0..args.tokens {
-        let out = model.forward(&[next], &mut cache)?;
-        next = out.logits.get(0)?.argmax(0)?.to_scalar::<u32>()?;
+        let hidden = model.forward(&[next], &mut cache)?;
+        next = model.logits(&hidden)?.get(0)?.argmax(0)?.to_scalar::<u32>()?;
     }
     let decode = start.elapsed().as_secs_f64();
     let tokens_per_s = args.tokens as f64 / decode;

@@ -82,8 +82,13 @@ impl<'a> Generation<'a> {
             return Err(TextError::Tokenizer("the prompt has no tokens".into()));
         }
         let mut cache = KvCache::default();
-        let out = model.forward(prompt, &mut cache)?;
-        let rows: Vec<Vec<f32>> = out.logits.to_vec2()?;
+        let hidden = model.forward(prompt, &mut cache)?;
+        // The head runs on every position only when the prompt's logprobs are asked for.
+        let scored = match options.logprobs {
+            Some(_) => hidden,
+            None => hidden.narrow(0, prompt.len() - 1, 1)?,
+        };
+        let rows: Vec<Vec<f32>> = model.logits(&scored)?.to_vec2()?;
         let prompt_logprobs = match options.logprobs {
             Some(top) => rows
                 .iter()
@@ -139,8 +144,8 @@ impl<'a> Generation<'a> {
             self.finish = Some(FinishReason::Length);
             text.push_str(&self.stops.finish(std::mem::take(&mut self.decoder).finish()));
         } else {
-            let out = self.model.forward(&[token], &mut self.cache)?;
-            self.logits = out.logits.squeeze(0)?.to_vec1()?;
+            let hidden = self.model.forward(&[token], &mut self.cache)?;
+            self.logits = self.model.logits(&hidden)?.squeeze(0)?.to_vec1()?;
         }
         Ok(Step { token, text, logprob })
     }

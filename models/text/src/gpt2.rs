@@ -117,15 +117,6 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
 }
 
-/// The output of one forward pass over new tokens.
-#[derive(Debug)]
-pub struct Forward {
-    /// (new tokens, vocab) next-token logits at each new position.
-    pub logits: Tensor,
-    /// (new tokens, n_embd) final hidden states (after `ln_f`), for embeddings and retrieval.
-    pub hidden: Tensor,
-}
-
 impl Gpt2 {
     /// Loads `config.json` and `model.safetensors` (with or without the `transformer.` prefix).
     pub fn load(config_path: &Path, weights_path: &Path) -> Result<Self, TextError> {
@@ -205,8 +196,9 @@ impl Gpt2 {
         &self.config
     }
 
-    /// Runs `tokens` after those already in `cache`, extending it.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Forward, TextError> {
+    /// Runs `tokens` after those already in `cache`, extending it; answers the final hidden
+    /// states (new tokens, n_embd), after `ln_f` (for embeddings, retrieval, or [`Gpt2::logits`]).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, TextError> {
         let start = cache.len;
         let end = start + tokens.len();
         if end > self.config.n_positions {
@@ -257,9 +249,14 @@ impl Gpt2 {
             x = (x + h)?;
         }
         cache.len = end;
-        let hidden = self.ln_f.forward(&x)?;
-        let logits = crate::matvec::matmul_transposed(&hidden, &self.wte)?;
-        Ok(Forward { logits, hidden })
+        Ok(self.ln_f.forward(&x)?)
+    }
+
+    /// (rows, vocab) next-token logits of final hidden states (the head tied to the token
+    /// embedding). Kept apart from [`Gpt2::forward`] so that a prefill pays for the head only on
+    /// the positions whose logits it needs (one vocabulary-wide product per row).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, TextError> {
+        Ok(crate::matvec::matmul_transposed(hidden, &self.wte)?)
     }
 }
 

@@ -103,11 +103,17 @@ impl Sampler {
             .enumerate()
             .map(|(i, &l)| (i as u32, l / self.params.temperature))
             .collect();
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.params.top_k > 0 {
+        // Only top-k and top-p need the candidates in order; a partial selection finds the k
+        // best without sorting the whole vocabulary on every token.
+        let best_first = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if self.params.top_k > 0 && self.params.top_k < candidates.len() {
+            candidates.select_nth_unstable_by(self.params.top_k - 1, best_first);
             candidates.truncate(self.params.top_k);
         }
-        let max = candidates[0].1;
+        if self.params.top_k > 0 || self.params.top_p < 1.0 {
+            candidates.sort_unstable_by(best_first);
+        }
+        let max = candidates.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
         let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
         let total: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);

@@ -47,8 +47,10 @@ fn logits_and_prompt_logprobs_match_transformers() {
     let (model, reference) = load();
     for case in reference["prompts"].as_array().unwrap() {
         let prompt = tokens(&case["tokens"]);
-        let out = model.forward(&prompt, &mut KvCache::default()).unwrap();
-        let last = out.logits.i(prompt.len() - 1).unwrap();
+        let logits = model
+            .logits(&model.forward(&prompt, &mut KvCache::default()).unwrap())
+            .unwrap();
+        let last = logits.i(prompt.len() - 1).unwrap();
         for (&index, want) in tokens(&case["probe_indices"])
             .iter()
             .zip(floats(&case["last_logits_at_probe"]))
@@ -71,7 +73,7 @@ fn logits_and_prompt_logprobs_match_transformers() {
             "logsumexp",
         );
 
-        let log_probs = candle_nn::ops::log_softmax(&out.logits, D::Minus1).unwrap();
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
         for (i, want) in floats(&case["token_logprobs"]).into_iter().enumerate() {
             let got: f32 = log_probs
                 .i((i, prompt[i + 1] as usize))
@@ -93,8 +95,8 @@ fn greedy_continuation_with_kv_cache_is_token_identical() {
         let mut next = prompt.clone();
         let mut got = Vec::new();
         while got.len() < want.len() {
-            let out = model.forward(&next, &mut cache).unwrap();
-            let last = out.logits.i(next.len() - 1).unwrap();
+            let logits = model.logits(&model.forward(&next, &mut cache).unwrap()).unwrap();
+            let last = logits.i(next.len() - 1).unwrap();
             let token = last.argmax(0).unwrap().to_scalar::<u32>().unwrap();
             got.push(token);
             next = vec![token];
@@ -108,11 +110,15 @@ fn greedy_continuation_with_kv_cache_is_token_identical() {
 fn incremental_forward_equals_full_forward() {
     let (model, reference) = load();
     let prompt = tokens(&reference["prompts"][0]["tokens"]);
-    let full = model.forward(&prompt, &mut KvCache::default()).unwrap();
+    let full = model
+        .logits(&model.forward(&prompt, &mut KvCache::default()).unwrap())
+        .unwrap();
     let mut cache = KvCache::default();
     model.forward(&prompt[..3], &mut cache).unwrap();
-    let rest = model.forward(&prompt[3..], &mut cache).unwrap();
-    let diff: f32 = (full.logits.i(3..).unwrap() - rest.logits)
+    let rest = model
+        .logits(&model.forward(&prompt[3..], &mut cache).unwrap())
+        .unwrap();
+    let diff: f32 = (full.i(3..).unwrap() - rest)
         .unwrap()
         .abs()
         .unwrap()
