@@ -8,7 +8,8 @@ tests/fixtures/gpt2-tiny/: a GPT-2 with the real 50,257-token vocabulary and tin
 the next-token choice is decided by clear margins, in the Hugging Face layout
 (config.json + model.safetensors), and reference.json: for each prompt (token ids), the
 last position's logits at a few indices, their log-sum-exp, the greedy continuation of
-`generate`, and the per-token log-probabilities of the prompt (what `echo` + `logprobs` score).
+`generate`, the per-token log-probabilities of the prompt (what `echo` + `logprobs` score), and
+its embedding: the mean of the last hidden states (after `ln_f`) scaled to unit length.
 """
 
 import json
@@ -39,7 +40,10 @@ def main():
     for prompt in PROMPTS:
         ids = torch.tensor([prompt])
         with torch.no_grad():
-            logits = model(ids).logits[0]
+            output = model(ids, output_hidden_states=True)
+            logits = output.logits[0]
+            pooled = output.hidden_states[-1][0].mean(0)
+            embedding = pooled / pooled.norm()
             log_probs = logits.log_softmax(-1)
             greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
                                     pad_token_id=50256)[0, len(prompt):]
@@ -53,6 +57,7 @@ def main():
             "last_top1_margin": float(top2[0] - top2[1]),
             "greedy": [int(t) for t in greedy],
             "token_logprobs": [float(log_probs[i, prompt[i + 1]]) for i in range(len(prompt) - 1)],
+            "embedding": [float(v) for v in embedding],
         })
     (FIXTURE / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
 

@@ -1,11 +1,15 @@
-//! GPT-2 in candle and its byte-level BPE tokenizer, with no HTTP in it.
+//! GPT-2 in candle, its byte-level BPE tokenizer, sampling, retrieval (BM25 then GPT-2
+//! reranking) and embeddings, with no HTTP in it.
 
+pub mod embedding;
 pub mod generate;
 pub mod gpt2;
 mod matvec;
+pub mod retrieval;
 pub mod sampling;
 pub mod tokenizer;
 
+pub use embedding::embed;
 pub use generate::{FinishReason, GenerateOptions, Generation, Step, TokenLogprob};
 pub use gpt2::{Gpt2, Gpt2Config, KvCache};
 pub use sampling::{Sampler, SamplingParams};
