@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::TextError;
@@ -107,6 +107,16 @@ struct Block {
     mlp_proj: Linear,
 }
 
+impl Block {
+    /// `x + mlp(ln_2(x))`.
+    fn feed_forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        let h = self
+            .mlp_proj
+            .forward(&self.c_fc.forward(&self.ln_2.forward(&x)?)?.gelu()?)?;
+        x + h
+    }
+}
+
 /// GPT-2 with its language-model head.
 #[derive(Debug)]
 pub struct Gpt2 {
@@ -200,6 +210,60 @@ impl Gpt2 {
     /// states (new tokens, n_embd), after `ln_f` (for embeddings, retrieval, or [`Gpt2::logits`]).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, TextError> {
         let start = cache.len;
+        self.check(tokens, start)?;
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.config.n_layer];
+        }
+        let positions: Vec<u32> = (start as u32..(start + tokens.len()) as u32).collect();
+        let mut x = self.embed(tokens, &positions)?;
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
+            let (attended, keys_values) = self.attention(&qkv, layer_cache.take())?;
+            *layer_cache = Some(keys_values);
+            x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
+        }
+        cache.len = start + tokens.len();
+        Ok(self.ln_f.forward(&x)?)
+    }
+
+    /// Runs independent sequences as one batch and answers each one's final hidden states
+    /// (len, n_embd), as [`Gpt2::forward`] would from an empty cache. The dense layers see
+    /// every sequence's rows at once, which keeps the matrix products large enough to run at
+    /// full speed; attention stays within each sequence.
+    pub fn forward_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Tensor>, TextError> {
+        for tokens in sequences {
+            self.check(tokens, 0)?;
+        }
+        let tokens: Vec<u32> = sequences.concat();
+        let positions: Vec<u32> = sequences.iter().flat_map(|s| 0..s.len() as u32).collect();
+        let spans: Vec<(usize, usize)> = sequences
+            .iter()
+            .scan(0, |offset, s| {
+                let span = (*offset, s.len());
+                *offset += s.len();
+                Some(span)
+            })
+            .collect();
+        let mut x = self.embed(&tokens, &positions)?;
+        for block in &self.blocks {
+            let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
+            let attended = spans
+                .iter()
+                .filter(|(_, len)| *len > 0)
+                .map(|&(offset, len)| Ok(self.attention(&qkv.narrow(0, offset, len)?, None)?.0))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let attended = Tensor::cat(&attended, 0)?;
+            x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
+        }
+        let x = self.ln_f.forward(&x)?;
+        Ok(spans
+            .iter()
+            .map(|&(offset, len)| x.narrow(0, offset, len))
+            .collect::<candle_core::Result<_>>()?)
+    }
+
+    /// Refuses tokens outside the vocabulary or beyond the context.
+    fn check(&self, tokens: &[u32], start: usize) -> Result<(), TextError> {
         let end = start + tokens.len();
         if end > self.config.n_positions {
             return Err(TextError::ContextOverflow {
@@ -212,44 +276,46 @@ impl Gpt2 {
                 "token {bad} is outside the vocabulary"
             )));
         }
-        if cache.layers.is_empty() {
-            cache.layers = vec![None; self.config.n_layer];
-        }
+        Ok(())
+    }
+
+    /// Token plus position embeddings.
+    fn embed(&self, tokens: &[u32], positions: &[u32]) -> candle_core::Result<Tensor> {
         let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self
-            .wte
+        let positions = Tensor::new(positions, &Device::Cpu)?;
+        self.wte
             .index_select(&ids, 0)?
-            .broadcast_add(&self.wpe.i(start..end)?)?;
+            .add(&self.wpe.index_select(&positions, 0)?)
+    }
+
+    /// Causal self-attention of one sequence's new rows `qkv` (new, 3 x n_embd) after the
+    /// `past` keys and values; answers the attended rows (new, n_embd) and all keys and values.
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        past: Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<(Tensor, (Tensor, Tensor))> {
+        let new = qkv.dim(0)?;
+        let d = self.config.n_embd;
         let heads = self.config.n_head;
-        let head_dim = self.config.n_embd / heads;
+        let head_dim = d / heads;
+        let split = |i: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(1, i * d, d)?
+                .reshape((new, heads, head_dim))?
+                .transpose(0, 1)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let (k, v) = match past {
+            Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 1)?, Tensor::cat(&[&past_v, &v], 1)?),
+            None => (k, v),
+        };
+        let past_len = k.dim(1)? - new;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let mask = causal_mask(tokens.len(), start)?;
-        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let h = block.ln_1.forward(&x)?;
-            let qkv = block.c_attn.forward(&h)?;
-            let d = self.config.n_embd;
-            let split = |i: usize| -> candle_core::Result<Tensor> {
-                qkv.narrow(1, i * d, d)?
-                    .reshape((tokens.len(), heads, head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()
-            };
-            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-            let (k, v) = match layer_cache.take() {
-                Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 1)?, Tensor::cat(&[&past_v, &v], 1)?),
-                None => (k, v),
-            };
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-            let attended = weights.matmul(&v)?.transpose(0, 1)?.reshape((tokens.len(), d))?;
-            *layer_cache = Some((k, v));
-            x = (x + block.attn_proj.forward(&attended)?)?;
-            let h = block.ln_2.forward(&x)?;
-            let h = block.mlp_proj.forward(&block.c_fc.forward(&h)?.gelu()?)?;
-            x = (x + h)?;
-        }
-        cache.len = end;
-        Ok(self.ln_f.forward(&x)?)
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(new, past_len)?)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attended = weights.matmul(&v)?.transpose(0, 1)?.reshape((new, d))?;
+        Ok((attended, (k, v)))
     }
 
     /// (rows, vocab) next-token logits of final hidden states (the head tied to the token

@@ -134,6 +134,36 @@ fn incremental_forward_equals_full_forward() {
 }
 
 #[test]
+fn a_batch_of_sequences_equals_each_sequence_alone() {
+    let (model, reference) = load();
+    let prompts: Vec<Vec<u32>> = reference["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| tokens(&case["tokens"]))
+        .collect();
+    let mut batch: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    batch.insert(1, &[]);
+    let hidden = model.forward_batch(&batch).unwrap();
+    assert_eq!(hidden.len(), batch.len());
+    assert_eq!(hidden[1].dims(), [0, 16]);
+    for (tokens, batched) in batch.iter().zip(&hidden).filter(|(t, _)| !t.is_empty()) {
+        let alone = model.forward(tokens, &mut KvCache::default()).unwrap();
+        let diff: f32 = (alone - batched)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-5, "{tokens:?}: batched hidden states differ by {diff}");
+    }
+}
+
+#[test]
 fn context_overflow_is_an_error() {
     let (model, _) = load();
     let err = model

@@ -1,19 +1,25 @@
-//! `textgen`: a GPT-2 text service with OpenAI's completions API (`serve`) and its
-//! command-line twin (`generate`).
+//! `textgen`: a GPT-2 text service with OpenAI's completions, legacy search and embeddings
+//! APIs (`serve`), and its command-line twins (`generate`, `search`).
 
 mod completions;
+mod embeddings;
 mod model;
 mod routes;
+mod search;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use runtime::{InitPhases, Metrics, ServeArgs, ServiceContext};
+use serde_json::json;
 use text::{GenerateOptions, Generation, SamplingParams};
 
 use crate::model::ModelArgs;
+use crate::routes::ApiLimits;
+use crate::search::{RerankArgs, SearchRequest};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +37,14 @@ enum Command {
     Serve {
         #[command(flatten)]
         model: ModelArgs,
+        /// A JSON Lines corpus (`{"id", "text", "metadata"}` a line) to load and index at
+        /// start-up; searches name it by its file name in `file`, or leave `file` out.
+        #[arg(long, env = "CORPUS")]
+        corpus: Option<PathBuf>,
+        #[command(flatten)]
+        rerank: RerankArgs,
+        #[command(flatten)]
+        limits: ApiLimits,
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -54,6 +68,23 @@ enum Command {
         seed: Option<u64>,
         prompt: String,
     },
+    /// Search a corpus and print the results, best first.
+    Search {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The JSON Lines corpus to search.
+        #[arg(long, env = "CORPUS")]
+        corpus: PathBuf,
+        /// Candidates BM25 keeps for GPT-2 to rerank.
+        #[arg(long, default_value_t = 200)]
+        max_rerank: usize,
+        #[command(flatten)]
+        rerank: RerankArgs,
+        /// Print the answer the HTTP API gives (with text and metadata) instead of a table.
+        #[arg(long)]
+        json: bool,
+        query: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,7 +95,21 @@ fn main() -> ExitCode {
     };
     runtime::telemetry::init(mode);
     match cli.command {
-        Command::Serve { model, serve } => serve_http(&model, &serve),
+        Command::Serve {
+            model,
+            corpus,
+            rerank,
+            limits,
+            serve,
+        } => serve_http(&model, corpus.as_deref(), rerank, limits, &serve),
+        Command::Search {
+            model,
+            corpus,
+            max_rerank,
+            rerank,
+            json,
+            query,
+        } => search(&model, &corpus, max_rerank, &rerank, json, query),
         Command::Generate {
             model,
             max_tokens,
@@ -94,12 +139,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_http(args: &ModelArgs, serve: &ServeArgs) -> ExitCode {
+fn serve_http(
+    args: &ModelArgs,
+    corpus: Option<&std::path::Path>,
+    rerank: RerankArgs,
+    limits: ApiLimits,
+    serve: &ServeArgs,
+) -> ExitCode {
     let mut phases = InitPhases::new();
-    let (model, card) = match model::load(args, &mut phases) {
+    let (model, mut card) = match model::load(args, &mut phases) {
         Ok(loaded) => loaded,
         Err(e) => return runtime::startup_failure(&e),
     };
+    let corpus = match corpus
+        .map(|path| model::load_corpus(path, &mut phases))
+        .transpose()
+    {
+        Ok(corpus) => corpus.map(Arc::new),
+        Err(e) => return runtime::startup_failure(&e),
+    };
+    if let Some(corpus) = &corpus {
+        card.details["corpus"] = json!({
+            "file": corpus.name(),
+            "documents": corpus.documents().len(),
+            "terms": corpus.index().vocabulary_size(),
+        });
+    }
     let listener = match runtime::bind(serve, &mut phases) {
         Ok(listener) => listener,
         Err(code) => return code,
@@ -114,6 +179,9 @@ fn serve_http(args: &ModelArgs, serve: &ServeArgs) -> ExitCode {
         model,
         worker,
         model_id: card.id.clone(),
+        corpus,
+        rerank,
+        limits,
     });
     let ctx = ServiceContext::new("textgen", card, phases.phases().to_vec(), metrics);
     runtime::serve(ctx, routes::routes(state), serve, listener)
@@ -161,5 +229,75 @@ fn generate(args: &ModelArgs, prompt: &str, options: GenerateOptions) -> ExitCod
         }
     }
     let _ = writeln!(stdout);
+    ExitCode::SUCCESS
+}
+
+fn search(
+    args: &ModelArgs,
+    corpus: &std::path::Path,
+    max_rerank: usize,
+    rerank: &RerankArgs,
+    as_json: bool,
+    query: String,
+) -> ExitCode {
+    let mut phases = InitPhases::new();
+    let (model, card) = match model::load(args, &mut phases) {
+        Ok(loaded) => loaded,
+        Err(e) => return runtime::startup_failure(&e),
+    };
+    let corpus = match model::load_corpus(corpus, &mut phases) {
+        Ok(corpus) => Arc::new(corpus),
+        Err(e) => return runtime::startup_failure(&e),
+    };
+    let request = SearchRequest {
+        query: Some(query),
+        documents: None,
+        file: None,
+        max_rerank: Some(max_rerank as u64),
+        return_metadata: true,
+        rerank_weight: None,
+    };
+    let context = model.gpt2.config().n_positions;
+    let search = match request.validate(
+        Some(&corpus),
+        &model.tokenizer,
+        context,
+        max_rerank.max(1),
+        rerank,
+    ) {
+        Ok(search) => search,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            return ExitCode::from(runtime::EXIT_CONFIG);
+        }
+    };
+    let hits = match model::run_search(&model, &search, rerank.passage_tokens, || false) {
+        Ok(hits) => hits.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if as_json {
+        println!("{}", search::answer(&card.id, &search, &hits));
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:>4}  {:>9}  {:>9}  {:>9}  {:<12}  text",
+        "rank", "score", "bm25", "gpt2", "id"
+    );
+    for (rank, hit) in hits.iter().enumerate() {
+        let document = &corpus.documents()[hit.document];
+        let snippet: String = document.text.chars().take(60).collect();
+        let model_score = hit.model.map_or("-".to_string(), |m| format!("{m:.3}"));
+        println!(
+            "{:>4}  {:>9.3}  {:>9.3}  {:>9}  {:<12}  {snippet}",
+            rank + 1,
+            hit.score,
+            hit.lexical,
+            model_score,
+            document.id
+        );
+    }
     ExitCode::SUCCESS
 }

@@ -1,12 +1,16 @@
-//! Loading GPT-2 and its tokenizer (each step an init phase), and running completions on the
-//! model thread, sending each token as it comes.
+//! Loading GPT-2, its tokenizer and the search corpus (each step an init phase), and the model
+//! thread: completions token by token, searches, and embeddings.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use runtime::{ComputeArgs, InitPhases, Metrics, ModelCard, ModelWorker};
 use serde_json::json;
+use text::retrieval::{Bm25Index, Bm25Params, Corpus, CorpusError, Reranker, SearchHit};
 use text::{FinishReason, GenerateOptions, Generation, Gpt2, Gpt2Tokenizer, Step, TextError, TokenLogprob};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::search::{Documents, Search};
 
 /// Default weights: OpenAI's GPT-2 (124M) on the Hugging Face Hub.
 pub const DEFAULT_MODEL: &str = "openai-community/gpt2";
@@ -30,6 +34,8 @@ pub enum LoadError {
     Source(#[from] hub::HubError),
     #[error("{0}")]
     Model(#[from] TextError),
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -90,6 +96,18 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
     Ok((TextModel { gpt2, tokenizer }, card))
 }
 
+/// Reads and indexes a search corpus (the `load_corpus` init phase), logging its size.
+pub fn load_corpus(path: &Path, phases: &mut InitPhases) -> Result<Corpus, LoadError> {
+    let corpus = phases.run("load_corpus", || Corpus::load(path))?;
+    tracing::info!(
+        corpus = corpus.name(),
+        documents = corpus.documents().len(),
+        terms = corpus.index().vocabulary_size(),
+        "corpus indexed"
+    );
+    Ok(corpus)
+}
+
 /// What the model thread reports about one choice.
 #[derive(Debug)]
 pub enum Event {
@@ -117,14 +135,29 @@ pub struct ChoiceJob {
     pub options: GenerateOptions,
 }
 
-/// Every choice of one request, and where their events go.
-pub struct Job {
-    pub choices: Vec<ChoiceJob>,
-    pub events: mpsc::Sender<Event>,
+/// Work for the model thread; each kind carries where its answer goes.
+pub enum Job {
+    /// Every choice of one completion request; events stream back as tokens come.
+    Complete {
+        choices: Vec<ChoiceJob>,
+        events: mpsc::Sender<Event>,
+    },
+    /// A search; `None` when the client went away before it finished.
+    Search {
+        search: Search,
+        passage_tokens: usize,
+        reply: oneshot::Sender<Result<Option<Vec<SearchHit>>, TextError>>,
+    },
+    /// One embedding per input, in order.
+    Embed {
+        inputs: Vec<Vec<u32>>,
+        reply: oneshot::Sender<Result<Vec<Vec<f32>>, TextError>>,
+    },
 }
 
-/// Starts the model thread; jobs run one after the other, each choice token by token. A
-/// closed event channel (the client went away) stops the generation at the next token.
+/// Starts the model thread; jobs run one after the other. A client that goes away (its
+/// answer channel closed) stops its generation at the next token, its search at the next
+/// candidate.
 pub fn spawn_worker(
     model: Arc<TextModel>,
     capacity: usize,
@@ -133,18 +166,71 @@ pub fn spawn_worker(
     let counters = metrics.clone();
     ModelWorker::spawn("textgen-model", capacity, 1, metrics, move |jobs: Vec<Job>| {
         for job in jobs {
-            if let Err(cancelled) = run_job(&model, job) {
-                counters.increment("generations_cancelled", 1);
-                tracing::info!(generated = cancelled, "client went away: generation stopped");
+            match job {
+                Job::Complete { choices, events } => {
+                    if let Err(generated) = complete(&model, choices, &events) {
+                        counters.increment("generations_cancelled", 1);
+                        tracing::info!(generated, "client went away: generation stopped");
+                    }
+                }
+                Job::Search {
+                    search,
+                    passage_tokens,
+                    reply,
+                } => {
+                    let hits = run_search(&model, &search, passage_tokens, || reply.is_closed());
+                    if matches!(hits, Ok(None)) {
+                        counters.increment("searches_cancelled", 1);
+                        tracing::info!("client went away: search stopped");
+                    }
+                    let _ = reply.send(hits);
+                }
+                Job::Embed { inputs, reply } => {
+                    let inputs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+                    let _ = reply.send(text::embed(&model.gpt2, &inputs));
+                }
             }
         }
     })
 }
 
-/// Runs a job; `Err(tokens generated)` when the client went away.
-fn run_job(model: &TextModel, job: Job) -> Result<(), usize> {
-    let send = |event: Event| job.events.blocking_send(event).map_err(|_| ());
-    for (choice, ChoiceJob { prompt, options }) in job.choices.into_iter().enumerate() {
+/// Runs a search: BM25 over the corpus index (or an index of the request's documents built
+/// here), then GPT-2 on the candidates; `Ok(None)` when `stop` says the client went away.
+pub fn run_search(
+    model: &TextModel,
+    search: &Search,
+    passage_tokens: usize,
+    stop: impl Fn() -> bool,
+) -> Result<Option<Vec<SearchHit>>, TextError> {
+    let reranker = Reranker::new(&model.gpt2, &model.tokenizer, passage_tokens)?;
+    let document_text = |i| search.documents.text(i);
+    match &search.documents {
+        Documents::Corpus(corpus) => text::retrieval::search(
+            corpus.index(),
+            document_text,
+            &search.query,
+            search.options,
+            &reranker,
+            stop,
+        ),
+        Documents::Given(documents) => {
+            let index = Bm25Index::build(documents.iter().map(String::as_str), Bm25Params::default());
+            text::retrieval::search(
+                &index,
+                document_text,
+                &search.query,
+                search.options,
+                &reranker,
+                stop,
+            )
+        }
+    }
+}
+
+/// Runs a completion's choices; `Err(tokens generated)` when the client went away.
+fn complete(model: &TextModel, choices: Vec<ChoiceJob>, events: &mpsc::Sender<Event>) -> Result<(), usize> {
+    let send = |event: Event| events.blocking_send(event).map_err(|_| ());
+    for (choice, ChoiceJob { prompt, options }) in choices.into_iter().enumerate() {
         let (generation, logprobs) = match Generation::start(&model.gpt2, &model.tokenizer, &prompt, options)
         {
             Ok(started) => started,

@@ -1,5 +1,5 @@
 //! The textgen HTTP routes: OpenAI's completions API, as one JSON answer or as Server-Sent
-//! Events (one chunk per token, then `data: [DONE]`).
+//! Events (one chunk per token, then `data: [DONE]`); the legacy search API; embeddings.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,37 +14,110 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use runtime::{ApiError, ModelWorker};
 use serde_json::{json, Map, Value};
+use text::retrieval::Corpus;
 use text::{GenerateOptions, TokenLogprob};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::completions::{Completion, CompletionRequest};
+use crate::embeddings::EmbeddingsRequest;
 use crate::model::{ChoiceJob, Event, Job, TextModel};
+use crate::search::{RerankArgs, SearchRequest};
 
 /// What the routes share.
 pub struct AppState {
     pub model: Arc<TextModel>,
     pub worker: ModelWorker<Job>,
     pub model_id: String,
+    pub corpus: Option<Arc<Corpus>>,
+    pub rerank: RerankArgs,
+    pub limits: ApiLimits,
 }
 
-/// `/v1/completions`, `/v1/engines/{engine}/completions`, and `/` and `/invocations` (what FaaS
-/// wrappers call) for the same.
+/// Per-request limits of the search and embeddings APIs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiLimits {
+    /// Most documents one search may send, and most candidates it may rerank (`max_rerank`).
+    #[arg(long, env = "MAX_SEARCH_DOCUMENTS", default_value_t = 200)]
+    pub max_search_documents: usize,
+
+    /// Most inputs one embeddings request may send.
+    #[arg(long, env = "MAX_EMBEDDING_INPUTS", default_value_t = 256)]
+    pub max_embedding_inputs: usize,
+}
+
+/// Completions, search and embeddings under `/v1` and `/v1/engines/{engine}` (the engine is
+/// whatever the client names: one model is served), and `/` and `/invocations` (what FaaS
+/// wrappers call) for completions.
 pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/engines/{engine}/completions", post(completions))
         .route("/", post(completions))
         .route("/invocations", post(completions))
+        .route("/v1/search", post(search))
+        .route("/v1/engines/{engine}/search", post(search))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/engines/{engine}/embeddings", post(embeddings))
         .with_state(state)
 }
 
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// Waits for the model thread's answer to a job.
+async fn reply<T>(receiver: oneshot::Receiver<Result<T, text::TextError>>) -> Result<T, ApiError> {
+    receiver
+        .await
+        .map_err(|_| ApiError::internal("the model thread dropped the request"))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: SearchRequest = parse(&body)?;
+    let search = request.validate(
+        state.corpus.as_ref(),
+        &state.model.tokenizer,
+        state.model.gpt2.config().n_positions,
+        state.limits.max_search_documents,
+        &state.rerank,
+    )?;
+    let (sender, receiver) = oneshot::channel();
+    state.worker.submit(Job::Search {
+        search: search.clone(),
+        passage_tokens: state.rerank.passage_tokens,
+        reply: sender,
+    })?;
+    let hits = reply(receiver)
+        .await?
+        .ok_or_else(|| ApiError::internal("the search stopped before finishing"))?;
+    Ok(Json(crate::search::answer(&state.model_id, &search, &hits)))
+}
+
+async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: EmbeddingsRequest = parse(&body)?;
+    let config = state.model.gpt2.config();
+    let embeddings = request.validate(
+        &state.model.tokenizer,
+        config.n_positions,
+        config.n_embd,
+        state.limits.max_embedding_inputs,
+    )?;
+    let (sender, receiver) = oneshot::channel();
+    state.worker.submit(Job::Embed {
+        inputs: embeddings.inputs.clone(),
+        reply: sender,
+    })?;
+    let vectors = reply(receiver).await?;
+    Ok(Json(embeddings.answer(&state.model_id, &vectors)))
+}
+
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let request: CompletionRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let request: CompletionRequest = parse(&body)?;
     let completion = request.validate(&state.model.tokenizer, state.model.gpt2.config().n_positions)?;
     let (events, receiver) = mpsc::channel(64);
     let choices = choice_jobs(&completion);
-    state.worker.submit(Job { choices, events })?;
+    state.worker.submit(Job::Complete { choices, events })?;
     let answer = Answer::new(&state, &completion);
     if completion.stream {
         Ok(Sse::new(answer.stream(receiver)).into_response())

@@ -214,9 +214,10 @@ impl Bm25Index {
         scores
     }
 
-    /// The `k` best documents for `query`, best first; equal scores in document order. When
-    /// fewer than `k` documents share a term with the query, the rest follow with score 0 in
-    /// document order, so that a small document set is always ranked whole.
+    /// The `k` best documents for `query` among those that share a term with it, best first;
+    /// equal scores in document order. When the whole set fits in `k`, every document is a
+    /// candidate (those without a shared term follow with score 0, in document order), so that a
+    /// small set such as a request's own documents is always ranked whole.
     pub fn top(&self, query: &str, k: usize) -> Vec<Candidate> {
         let scores = self.scores(query);
         let mut ranked: Vec<Candidate> = scores
@@ -232,13 +233,14 @@ impl Bm25Index {
             ranked.truncate(k);
         }
         ranked.sort_by(best_first);
-        let missing = k.saturating_sub(ranked.len());
+        if self.len() > k {
+            return ranked;
+        }
         ranked.extend(
             scores
                 .iter()
                 .enumerate()
                 .filter(|(_, &score)| score <= 0.0)
-                .take(missing)
                 .map(|(document, _)| Candidate { document, score: 0.0 }),
         );
         ranked
@@ -309,31 +311,23 @@ mod tests {
     }
 
     #[test]
-    fn top_ranks_matches_then_fills_with_the_rest_in_order() {
+    fn top_ranks_matches_and_the_whole_set_when_it_fits() {
         let index = toy();
         let ranked: Vec<usize> = index.top("cat", 3).iter().map(|c| c.document).collect();
         // The shorter document wins the tie on term frequency; the non-match follows.
         assert_eq!(ranked, [0, 1, 2]);
+        let ranked: Vec<usize> = index.top("cat", 2).iter().map(|c| c.document).collect();
+        assert_eq!(ranked, [0, 1]);
         let best: Vec<usize> = index
             .top("bushfire in Sydney", 1)
             .iter()
             .map(|c| c.document)
             .collect();
         assert_eq!(best, [2]);
-        let none = index.top("the of and", 2);
-        assert_eq!(
-            none,
-            [
-                Candidate {
-                    document: 0,
-                    score: 0.0
-                },
-                Candidate {
-                    document: 1,
-                    score: 0.0
-                }
-            ]
-        );
+        let everything = index.top("the of and", 3);
+        assert_eq!(everything.len(), 3);
+        assert!(everything.iter().all(|c| c.score == 0.0));
+        assert!(index.top("the of and", 2).is_empty());
         assert!(index.top("cat", 0).is_empty());
     }
 }

@@ -36,8 +36,8 @@ pub struct SearchHit {
 }
 
 /// Searches the documents of `index` (`text(i)` is document `i`), best first; equal scores in
-/// document order. `stop` is asked between candidates: when it answers true (the client went
-/// away), the search ends with `Ok(None)`.
+/// document order. `stop` is asked before each batch of candidates goes through the model:
+/// when it answers true (the client went away), the search ends with `Ok(None)`.
 pub fn search<'t>(
     index: &Bm25Index,
     text: impl Fn(usize) -> &'t str,
@@ -47,27 +47,26 @@ pub fn search<'t>(
     stop: impl Fn() -> bool,
 ) -> Result<Option<Vec<SearchHit>>, TextError> {
     let candidates = index.top(query, options.max_rerank);
-    let mut hits = Vec::with_capacity(candidates.len());
-    let prepared = if options.rerank_weight != 0.0 {
-        Some(reranker.prepare(query)?)
+    let model_scores: Vec<Option<f32>> = if options.rerank_weight == 0.0 {
+        vec![None; candidates.len()]
     } else {
-        None
-    };
-    for Candidate { document, score } in candidates {
-        if stop() {
-            return Ok(None);
+        let prepared = reranker.prepare(query)?;
+        let texts: Vec<&str> = candidates.iter().map(|c| text(c.document)).collect();
+        match reranker.score_all(&prepared, &texts, stop)? {
+            Some(scores) => scores.into_iter().map(Some).collect(),
+            None => return Ok(None),
         }
-        let model = prepared
-            .as_ref()
-            .map(|query| reranker.score(query, text(document)))
-            .transpose()?;
-        hits.push(SearchHit {
+    };
+    let mut hits: Vec<SearchHit> = candidates
+        .iter()
+        .zip(model_scores)
+        .map(|(&Candidate { document, score }, model)| SearchHit {
             document,
             score: score + model.map_or(0.0, |m| options.rerank_weight * m),
             lexical: score,
             model,
-        });
-    }
+        })
+        .collect();
     hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.document.cmp(&b.document)));
     Ok(Some(hits))
 }

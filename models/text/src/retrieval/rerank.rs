@@ -10,11 +10,14 @@
 //! The first term alone would favour queries that are likely anywhere; subtracting the query's
 //! prior leaves the evidence the passage adds. The passage is the window of the document
 //! (at most `passage_tokens` GPT-2 tokens) that holds the most query terms, which bounds the
-//! cost of a candidate to one forward pass of `passage_tokens + |q| + 2` tokens.
+//! cost of a candidate to `passage_tokens + |q| + 2` tokens of forward pass; candidates run in
+//! batches, so that the matrix products are large.
 
 use std::collections::HashSet;
 
-use crate::gpt2::{Gpt2, KvCache};
+use candle_core::Tensor;
+
+use crate::gpt2::Gpt2;
 use crate::tokenizer::{Gpt2Tokenizer, END_OF_TEXT};
 use crate::TextError;
 
@@ -22,6 +25,10 @@ use super::lexical::{words, Analyzer};
 
 /// GPT-2 tokens per word of English text, roughly: turns a token budget into a word window.
 const TOKENS_PER_WORD: f32 = 1.4;
+
+/// Tokens per forward pass when scoring candidates: enough rows for the matrix products to run
+/// at full speed, few enough to keep activations small and to notice a stop request often.
+pub const BATCH_TOKENS: usize = 2048;
 
 /// A query prepared once per search: its tokens, its prior, and its index terms.
 #[derive(Debug, Clone)]
@@ -73,7 +80,7 @@ impl<'a> Reranker<'a> {
                 context,
             });
         }
-        let prior = self.continuation_logprob(&[self.end_of_text], &tokens)?;
+        let prior = self.continuation_logprobs(&[&[self.end_of_text]], &tokens)?[0];
         let mut analyzer = Analyzer::default();
         let terms = analyzer.terms(query).into_iter().map(|(_, term)| term).collect();
         Ok(RerankQuery { tokens, prior, terms })
@@ -81,34 +88,79 @@ impl<'a> Reranker<'a> {
 
     /// The model score of one document for a prepared query.
     pub fn score(&self, query: &RerankQuery, document: &str) -> Result<f32, TextError> {
+        let scores = self.score_all(query, &[document], || false)?;
+        Ok(scores.and_then(|s| s.first().copied()).unwrap_or(0.0))
+    }
+
+    /// The model scores of `documents`, in order, computed in batches of about
+    /// [`BATCH_TOKENS`] tokens; `stop` is asked before each batch, and `Ok(None)` answers a
+    /// stop.
+    pub fn score_all(
+        &self,
+        query: &RerankQuery,
+        documents: &[&str],
+        stop: impl Fn() -> bool,
+    ) -> Result<Option<Vec<f32>>, TextError> {
         if query.tokens.is_empty() {
-            return Ok(0.0);
+            return Ok(Some(vec![0.0; documents.len()]));
         }
         let budget = self
             .passage_tokens
             .min(self.model.config().n_positions - 1 - self.separator.len() - query.tokens.len());
-        let mut context = vec![self.end_of_text];
-        let passage = passage(document, &query.terms, budget);
-        let passage_tokens = self.tokenizer.encode(passage)?;
-        context.extend(passage_tokens.iter().take(budget));
-        context.extend(&self.separator);
-        Ok(self.continuation_logprob(&context, &query.tokens)? - query.prior)
+        let mut scores = Vec::with_capacity(documents.len());
+        let mut batch: Vec<Vec<u32>> = Vec::new();
+        let mut batch_tokens = 0;
+        for (i, document) in documents.iter().enumerate() {
+            let passage_tokens = self.tokenizer.encode(passage(document, &query.terms, budget))?;
+            let mut context = vec![self.end_of_text];
+            context.extend(passage_tokens.iter().take(budget));
+            context.extend(&self.separator);
+            batch_tokens += context.len() + query.tokens.len();
+            batch.push(context);
+            if batch_tokens >= BATCH_TOKENS || i + 1 == documents.len() {
+                if stop() {
+                    return Ok(None);
+                }
+                let contexts: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+                let logprobs = self.continuation_logprobs(&contexts, &query.tokens)?;
+                scores.extend(logprobs.into_iter().map(|l| l - query.prior));
+                batch.clear();
+                batch_tokens = 0;
+            }
+        }
+        Ok(Some(scores))
     }
 
-    /// `log P(continuation | context)`, summed over the continuation's tokens.
-    fn continuation_logprob(&self, context: &[u32], continuation: &[u32]) -> Result<f32, TextError> {
+    /// `log P(continuation | context)` for each context, summed over the continuation's
+    /// tokens, all contexts in one batch.
+    fn continuation_logprobs(
+        &self,
+        contexts: &[&[u32]],
+        continuation: &[u32],
+    ) -> Result<Vec<f32>, TextError> {
         if continuation.is_empty() {
-            return Ok(0.0);
+            return Ok(vec![0.0; contexts.len()]);
         }
-        let tokens: Vec<u32> = context.iter().chain(continuation).copied().collect();
-        let hidden = self.model.forward(&tokens, &mut KvCache::default())?;
-        let predicting = hidden.narrow(0, context.len() - 1, continuation.len())?;
-        let logits: Vec<Vec<f32>> = self.model.logits(&predicting)?.to_vec2()?;
-        Ok(logits
+        let sequences: Vec<Vec<u32>> = contexts.iter().map(|c| [c, continuation].concat()).collect();
+        let sequences: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+        let hidden = self.model.forward_batch(&sequences)?;
+        // The rows that predict the continuation's tokens, of every sequence, through the head
+        // at once.
+        let predicting = hidden
             .iter()
-            .zip(continuation)
-            .map(|(row, &token)| row[token as usize] - log_sum_exp(row))
-            .sum())
+            .zip(contexts)
+            .map(|(h, context)| h.narrow(0, context.len() - 1, continuation.len()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let logits: Vec<Vec<f32>> = self.model.logits(&Tensor::cat(&predicting, 0)?)?.to_vec2()?;
+        Ok(logits
+            .chunks(continuation.len())
+            .map(|rows| {
+                rows.iter()
+                    .zip(continuation)
+                    .map(|(row, &token)| row[token as usize] - log_sum_exp(row))
+                    .sum()
+            })
+            .collect())
     }
 }
 
@@ -117,9 +169,9 @@ fn log_sum_exp(values: &[f32]) -> f32 {
     max + values.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
 }
 
-/// The part of `document` that starts the window of about `budget` tokens holding the most
-/// query terms (the first such window; the document's start when none matches). The caller
-/// cuts it to `budget` tokens.
+/// The part of `document` around the window of about `budget` tokens that holds the most
+/// query terms (the first such window; the document's start when none matches), with its
+/// matches centred. The caller cuts it to `budget` tokens.
 pub fn passage<'d>(document: &'d str, query_terms: &HashSet<String>, budget: usize) -> &'d str {
     let window = ((budget as f32 / TOKENS_PER_WORD) as usize).max(1);
     let mut analyzer = Analyzer::default();
@@ -143,12 +195,17 @@ pub fn passage<'d>(document: &'d str, query_terms: &HashSet<String>, budget: usi
             best = (start, hits);
         }
     }
-    let start = words.get(best.0).map_or(0, |&(offset, _)| offset);
+    let (mut start, matches) = best;
+    if matches > 0 {
+        let in_window = |i: &usize| words[*i].1;
+        let end = (start + window).min(words.len());
+        let first = (start..end).find(in_window).unwrap_or(start);
+        let last = (start..end).rev().find(in_window).unwrap_or(first);
+        start = first.saturating_sub((window - (last - first + 1)) / 2);
+    }
+    let offset = |i: usize| words.get(i).map_or(document.len(), |&(offset, _)| offset);
     // Enough text for the budget and then some; tokenizing the whole rest would be wasted.
-    let end = words
-        .get(best.0 + 2 * window)
-        .map_or(document.len(), |&(offset, _)| offset);
-    &document[start..end]
+    &document[offset(start)..offset(start + 2 * window)]
 }
 
 #[cfg(test)]
@@ -160,11 +217,14 @@ mod tests {
     }
 
     #[test]
-    fn passage_starts_at_the_densest_window_of_query_terms() {
+    fn passage_is_the_densest_window_of_query_terms_centred() {
         let document = "alpha beta gamma delta epsilon zeta eta theta fire crew fire iota kappa lambda";
         // A budget of 4 tokens is a window of 2 words; "fire crew" holds two hits.
         let found = passage(document, &terms(&["fire", "crew"]), 4);
         assert_eq!(found, "fire crew fire iota ");
+        // A budget of 7 tokens is a window of 5 words, centred on the one match.
+        let found = passage(document, &terms(&["zeta"]), 7);
+        assert_eq!(found, "delta epsilon zeta eta theta fire crew fire iota kappa ");
         assert_eq!(
             passage(document, &terms(&["absent"]), 4),
             "alpha beta gamma delta "

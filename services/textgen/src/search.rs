@@ -1,0 +1,188 @@
+//! OpenAI's legacy search API: parsing and validation of a request (all decided before any
+//! model work), and the answer, written once for HTTP and the command line.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use runtime::ApiError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use text::retrieval::{Corpus, SearchHit, SearchOptions};
+use text::Gpt2Tokenizer;
+
+/// How searches rerank, for `serve` and `search` alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RerankArgs {
+    /// Weight of GPT-2's score against BM25's in a result's score (0: BM25 alone, no model).
+    #[arg(long, env = "RERANK_WEIGHT", default_value_t = 1.0)]
+    pub rerank_weight: f32,
+
+    /// GPT-2 tokens of each candidate the reranker reads: the window with the most query terms
+    /// (about a sentence; the rerank's cost grows with it).
+    #[arg(long, env = "RERANK_PASSAGE_TOKENS", default_value_t = 32)]
+    pub passage_tokens: usize,
+}
+
+/// The request body. Unknown fields (`search_model`, `sort`, `model`, `user`, ...) are
+/// accepted and ignored.
+#[derive(Debug, Deserialize)]
+pub struct SearchRequest {
+    pub query: Option<String>,
+    pub documents: Option<Vec<String>>,
+    pub file: Option<String>,
+    pub max_rerank: Option<u64>,
+    #[serde(default)]
+    pub return_metadata: bool,
+    /// Extension: this request's weight of the model score (default: `--rerank-weight`).
+    pub rerank_weight: Option<f32>,
+}
+
+/// What a search runs over.
+#[derive(Debug, Clone)]
+pub enum Documents {
+    /// The corpus loaded at start-up.
+    Corpus(Arc<Corpus>),
+    /// The request's own documents.
+    Given(Arc<Vec<String>>),
+}
+
+impl Documents {
+    pub fn text(&self, index: usize) -> &str {
+        match self {
+            Documents::Corpus(corpus) => &corpus.documents()[index].text,
+            Documents::Given(documents) => &documents[index],
+        }
+    }
+}
+
+/// A validated search.
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub query: String,
+    pub documents: Documents,
+    pub options: SearchOptions,
+    pub return_metadata: bool,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::invalid("invalid_value", message)
+}
+
+impl SearchRequest {
+    /// Checks the request against the loaded corpus and the limits; `max_documents` bounds
+    /// both `documents` and `max_rerank`.
+    pub fn validate(
+        self,
+        corpus: Option<&Arc<Corpus>>,
+        tokenizer: &Gpt2Tokenizer,
+        context: usize,
+        max_documents: usize,
+        rerank: &RerankArgs,
+    ) -> Result<Search, ApiError> {
+        let query = self.query.unwrap_or_default();
+        if query.trim().is_empty() {
+            return Err(invalid("query must be a non-empty string"));
+        }
+        let query_tokens = tokenizer
+            .encode(query.trim())
+            .map_err(|e| invalid(e.to_string()))?
+            .len();
+        // The reranker reads <|endoftext|>, at least one passage token and a separator first.
+        if query_tokens + 3 > context {
+            return Err(ApiError::invalid(
+                "context_length_exceeded",
+                format!("the query has {query_tokens} tokens; this model's context of {context} leaves room for {}", context - 3),
+            ));
+        }
+        let documents = match (self.documents, self.file) {
+            (Some(_), Some(_)) => return Err(invalid("give either documents or file, not both")),
+            (Some(documents), None) => {
+                if documents.is_empty() {
+                    return Err(invalid("documents is empty: give at least one document"));
+                }
+                if documents.len() > max_documents {
+                    return Err(invalid(format!(
+                        "documents may hold up to {max_documents} documents, got {}",
+                        documents.len()
+                    )));
+                }
+                Documents::Given(Arc::new(documents))
+            }
+            (None, file) => {
+                let corpus =
+                    match (corpus, file) {
+                        (Some(corpus), None) => corpus,
+                        (Some(corpus), Some(file)) if file == corpus.name() => corpus,
+                        (Some(corpus), Some(file)) => {
+                            return Err(ApiError::new(
+                                StatusCode::NOT_FOUND,
+                                "file_not_found",
+                                format!(
+                                    "no file `{file}`: this service has loaded `{}` (--corpus)",
+                                    corpus.name()
+                                ),
+                            ))
+                        }
+                        (None, Some(file)) => {
+                            return Err(ApiError::new(
+                                StatusCode::NOT_FOUND,
+                                "file_not_found",
+                                format!("no file `{file}`: this service was started without --corpus"),
+                            ))
+                        }
+                        (None, None) => return Err(invalid(
+                            "give documents (a list of strings) or file (the corpus loaded with --corpus)",
+                        )),
+                    };
+                Documents::Corpus(corpus.clone())
+            }
+        };
+        let max_rerank = self.max_rerank.unwrap_or(200);
+        if max_rerank == 0 || max_rerank > max_documents as u64 {
+            return Err(invalid(format!(
+                "max_rerank must be between 1 and {max_documents}, got {max_rerank}"
+            )));
+        }
+        let rerank_weight = self.rerank_weight.unwrap_or(rerank.rerank_weight);
+        if !rerank_weight.is_finite() {
+            return Err(invalid(format!(
+                "rerank_weight must be a finite number, got {rerank_weight}"
+            )));
+        }
+        Ok(Search {
+            query,
+            documents,
+            options: SearchOptions {
+                max_rerank: max_rerank as usize,
+                rerank_weight,
+            },
+            return_metadata: self.return_metadata,
+        })
+    }
+}
+
+/// The answer: `{"object": "list", "model", "data": [{"object": "search_result", "document",
+/// "score", "text"?, "metadata"?}]}`, best first. With `return_metadata`, a corpus document
+/// carries its metadata plus its `id`; a request's own documents have none (`null`).
+pub fn answer(model: &str, search: &Search, hits: &[SearchHit]) -> Value {
+    let data: Vec<Value> = hits
+        .iter()
+        .map(|hit| {
+            let mut result = json!({"object": "search_result", "document": hit.document, "score": hit.score});
+            if search.return_metadata {
+                result["text"] = json!(search.documents.text(hit.document));
+                result["metadata"] = match &search.documents {
+                    Documents::Corpus(corpus) => {
+                        let document = &corpus.documents()[hit.document];
+                        let mut metadata = document.metadata.clone();
+                        metadata.insert("id".into(), json!(document.id));
+                        Value::Object(metadata)
+                    }
+                    Documents::Given(_) => Value::Null,
+                };
+            }
+            result
+        })
+        .collect();
+    json!({"object": "list", "model": model, "data": data})
+}
