@@ -316,7 +316,326 @@ fn the_official_openai_client_works_unchanged() {
     let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(seen["text"], seen["streamed"]);
     assert_eq!(seen["scored_tokens"].as_array().unwrap().len(), 7);
+    assert_eq!(seen["embedding_dims"], json!([16, 16]));
     eprintln!("openai client: {seen}");
+}
+
+/// The news corpus from ../shared/data when it is there, else the committed toy corpus; with a
+/// query made from one of its documents and that document's index and id.
+fn corpus() -> (std::path::PathBuf, &'static str, usize, &'static str) {
+    match common::shared_data("corpus/news.jsonl") {
+        Some(news) => (news, "bushfire Hill Top residents vacate homes", 0, "news-0000"),
+        None => (
+            common::root().join("tests/fixtures/corpus-toy.jsonl"),
+            "evacuate Hill Top residents as fire crews arrive in winter",
+            3,
+            "fire-2",
+        ),
+    }
+}
+
+#[test]
+fn the_openai_0_25_engine_search_call_works_unchanged() {
+    let Ok(python) = std::env::var("TEXTGEN_TEST_PYTHON_OPENAI_V0") else {
+        eprintln!("skipped: TEXTGEN_TEST_PYTHON_OPENAI_V0 is not set (.ci/run sets it to a Python with openai 0.25)");
+        return;
+    };
+    let (corpus, query, _, id) = corpus();
+    let Some(server) = start(&["--corpus", corpus.to_str().unwrap()]) else {
+        return;
+    };
+    let output = std::process::Command::new(python)
+        .arg(common::root().join("tests/openai_search.py"))
+        .args([server.base.as_str(), query, id])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("openai 0.25 Engine.search: {}", stdout.trim());
+}
+
+fn search(server: &Server, path: &str, body: Value) -> common::Answer {
+    post(
+        &server.url(path),
+        Some("application/json"),
+        body.to_string().as_bytes(),
+        &[],
+    )
+}
+
+#[test]
+fn search_over_a_loaded_corpus_and_over_request_documents() {
+    let (corpus, query, expected, id) = corpus();
+    let Some(server) = start(&["--corpus", corpus.to_str().unwrap()]) else {
+        return;
+    };
+    let models = get(&server.url("/v1/models")).json();
+    let file = corpus.file_name().unwrap().to_str().unwrap();
+    assert_eq!(models["data"][0]["details"]["corpus"]["file"], file);
+    assert!(models["data"][0]["init_phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "load_corpus"));
+
+    // BM25 alone (the rerank weight extension at 0): the source document first.
+    let answer = search(
+        &server,
+        "/v1/search",
+        json!({"query": query, "max_rerank": 5, "rerank_weight": 0, "file": file}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let lexical = answer.json();
+    assert_eq!(lexical["object"], "list");
+    assert_eq!(lexical["model"], "gpt2-tiny");
+    assert_eq!(lexical["data"][0]["document"], expected);
+    assert!(lexical["data"][0].get("text").is_none());
+
+    // With GPT-2 and metadata, through the engines path, unknown fields accepted.
+    let answer = search(
+        &server,
+        "/v1/engines/davinci/search",
+        json!({"query": query, "max_rerank": 5, "return_metadata": true, "search_model": "ada", "sort": "relevance"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let reranked = answer.json();
+    let data = reranked["data"].as_array().unwrap();
+    assert_eq!(data.len(), 5);
+    let scores: Vec<f64> = data.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let top = &data[0];
+    assert_eq!(top["object"], "search_result");
+    assert_eq!(top["document"], expected);
+    assert_eq!(top["metadata"]["id"], id);
+    let line = std::fs::read_to_string(&corpus)
+        .unwrap()
+        .lines()
+        .nth(expected)
+        .unwrap()
+        .to_string();
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(top["text"], line["text"]);
+    // The same candidates as BM25 kept, the scores moved by the model.
+    let mut lexical_set: Vec<u64> = lexical["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["document"].as_u64().unwrap())
+        .collect();
+    let mut reranked_set: Vec<u64> = data.iter().map(|r| r["document"].as_u64().unwrap()).collect();
+    lexical_set.sort();
+    reranked_set.sort();
+    assert_eq!(lexical_set, reranked_set);
+    assert_ne!(lexical["data"][0]["score"], top["score"]);
+
+    // A request's own documents: all ranked when they fit in max_rerank, indices into the list.
+    let documents = json!([
+        "The cabinet met today.",
+        "Firefighters fought the bushfire.",
+        "A bushfire threatens Hill Top homes."
+    ]);
+    let answer = search(
+        &server,
+        "/v1/search",
+        json!({"query": "bushfire Hill Top", "documents": documents, "return_metadata": true}),
+    );
+    let data = answer.json()["data"].as_array().unwrap().clone();
+    assert_eq!(data.len(), 3);
+    assert_eq!(data[0]["document"], 2);
+    assert_eq!(data[0]["text"], documents[2]);
+    assert_eq!(data[0]["metadata"], Value::Null);
+}
+
+#[test]
+fn reranking_reorders_request_documents_when_the_model_is_weighted_in() {
+    let Some(server) = start(&[]) else { return };
+    let documents = json!([
+        "Fire crews fought a bushfire near Sydney on Tuesday.",
+        "The council met to discuss the fire station budget.",
+        "A fire broke out in a Melbourne warehouse overnight.",
+        "Cricket: Australia beat India by six wickets in Sydney.",
+        "Firefighters say the fire near the highway is contained."
+    ]);
+    let order = |weight: f64| -> Vec<u64> {
+        let answer = search(
+            &server,
+            "/v1/search",
+            json!({"query": "fire", "documents": documents, "rerank_weight": weight}),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        answer.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["document"].as_u64().unwrap())
+            .collect()
+    };
+    let lexical = order(0.0);
+    let reranked = order(100.0);
+    assert_eq!(lexical.len(), 5);
+    assert_eq!(
+        *lexical.last().unwrap(),
+        3,
+        "the document without `fire` is last by BM25"
+    );
+    assert_ne!(lexical, reranked, "the model's scores changed nothing");
+}
+
+#[test]
+fn bad_search_and_embedding_requests_get_4xx_json_errors() {
+    let toy = common::root().join("tests/fixtures/corpus-toy.jsonl");
+    let Some(server) = start(&[
+        "--corpus",
+        toy.to_str().unwrap(),
+        "--max-search-documents",
+        "4",
+        "--max-embedding-inputs",
+        "3",
+    ]) else {
+        return;
+    };
+    let send =
+        |path: &str, body: &str| post(&server.url(path), Some("application/json"), body.as_bytes(), &[]);
+    assert_eq!(
+        send("/v1/search", "{\"query\": ").expect_error(400),
+        "bad_request"
+    );
+    assert_eq!(
+        send("/v1/search", "{\"query\": 5}").expect_error(400),
+        "bad_request"
+    );
+    assert_eq!(
+        send("/v1/search", "{\"query\": \"x\", \"documents\": [1]}").expect_error(400),
+        "bad_request"
+    );
+    for body in [
+        json!({"query": "", "documents": ["a"]}),
+        json!({"query": "   "}),
+        json!({"documents": ["a"]}),
+        json!({"query": "x", "documents": []}),
+        json!({"query": "x", "documents": ["a", "b", "c", "d", "e"]}),
+        json!({"query": "x", "documents": ["a"], "file": "corpus-toy.jsonl"}),
+        json!({"query": "x", "max_rerank": 0}),
+        json!({"query": "x", "max_rerank": 5}),
+    ] {
+        assert_eq!(
+            send("/v1/search", &body.to_string()).expect_error(422),
+            "invalid_value",
+            "{body}"
+        );
+    }
+    let long = "fire ".repeat(2_000);
+    assert_eq!(
+        send(
+            "/v1/search",
+            &json!({"query": long, "documents": ["a"]}).to_string()
+        )
+        .expect_error(422),
+        "context_length_exceeded"
+    );
+    let answer = send(
+        "/v1/search",
+        &json!({"query": "x", "file": "other.jsonl"}).to_string(),
+    );
+    assert_eq!(answer.expect_error(404), "file_not_found");
+    assert!(answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("corpus-toy.jsonl"));
+
+    assert_eq!(
+        send("/v1/embeddings", "{\"input\": {}}").expect_error(400),
+        "bad_request"
+    );
+    for body in [
+        json!({}),
+        json!({"input": ""}),
+        json!({"input": []}),
+        json!({"input": ["a", ""]}),
+        json!({"input": [[464], []]}),
+        json!({"input": [[464, 99999]]}),
+        json!({"input": ["a", "b", "c", "d"]}),
+        json!({"input": "a", "dimensions": 8}),
+    ] {
+        assert_eq!(
+            send("/v1/embeddings", &body.to_string()).expect_error(422),
+            "invalid_value",
+            "{body}"
+        );
+    }
+    assert_eq!(
+        send(
+            "/v1/embeddings",
+            &json!({"input": "hello ".repeat(2_000)}).to_string()
+        )
+        .expect_error(422),
+        "context_length_exceeded"
+    );
+    assert_eq!(get(&server.url("/health")).status, 200);
+}
+
+#[test]
+fn embeddings_match_transformers_in_every_input_form() {
+    let Some(server) = start(&[]) else { return };
+    let reference = reference();
+    let cases = reference["prompts"].as_array().unwrap();
+    let want: Vec<Vec<f64>> = cases
+        .iter()
+        .map(|c| {
+            c["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let token_lists: Vec<Value> = cases.iter().map(|c| c["tokens"].clone()).collect();
+    let embed = |body: Value| -> Value {
+        let answer = post(
+            &server.url("/v1/embeddings"),
+            Some("application/json"),
+            body.to_string().as_bytes(),
+            &[],
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        answer.json()
+    };
+    let close = |got: &Value, want: &[f64]| {
+        let got: Vec<f64> = got
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len());
+        assert!(
+            got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-4),
+            "{got:?} vs {want:?}"
+        );
+    };
+    let answer = embed(json!({"input": token_lists, "model": "text-embedding-ada-002"}));
+    assert_eq!(answer["object"], "list");
+    assert_eq!(answer["model"], "gpt2-tiny");
+    let tokens: usize = cases.iter().map(|c| c["tokens"].as_array().unwrap().len()).sum();
+    assert_eq!(answer["usage"]["prompt_tokens"], tokens);
+    for (i, item) in answer["data"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(item["object"], "embedding");
+        assert_eq!(item["index"], i);
+        close(&item["embedding"], &want[i]);
+    }
+    // One token list; and text, which the tokenizer turns into the same tokens.
+    close(
+        &embed(json!({"input": cases[0]["tokens"]}))["data"][0]["embedding"],
+        &want[0],
+    );
+    let text = "The quick brown fox jumps over the";
+    close(&embed(json!({"input": text}))["data"][0]["embedding"], &want[0]);
+    close(&embed(json!({"input": [text]}))["data"][0]["embedding"], &want[0]);
 }
 
 #[test]
@@ -330,4 +649,94 @@ fn tokenizer_files_next_to_the_weights_give_the_same_answers() {
         complete(&with_files, body.clone())["choices"],
         complete(&builtin, body)["choices"]
     );
+}
+
+#[test]
+fn the_search_command_prints_results_best_first() {
+    let model = common::root().join("tests/fixtures/gpt2-tiny");
+    let toy = common::root().join("tests/fixtures/corpus-toy.jsonl");
+    let run = |extra: &[&str]| {
+        let output = std::process::Command::new(BINARY)
+            .args([
+                "search",
+                "--model",
+                model.to_str().unwrap(),
+                "--corpus",
+                toy.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let table = run(&["--max-rerank", "3", "evacuate Hill Top residents"]);
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(rows[0].contains("score") && rows[0].contains("id"), "{table}");
+    assert!(rows[1].contains("fire-2"), "{table}");
+    let answer: Value = serde_json::from_str(&run(&["--json", "evacuate Hill Top residents"])).unwrap();
+    assert_eq!(answer["data"][0]["metadata"]["id"], "fire-2");
+    assert_eq!(answer["data"][0]["document"], 3);
+}
+
+#[test]
+fn a_bad_corpus_fails_start_up_with_the_line_and_the_reason() {
+    let model = common::root().join("tests/fixtures/gpt2-tiny");
+    let dir = common::temp_dir("bad-corpus");
+    let good = r#"{"id": "a", "text": "alpha"}"#;
+    for (name, text, expected) in [
+        (
+            "broken.jsonl",
+            format!("{good}\n{{\"id\": \"b\", \"text\": }}\n"),
+            "corpus line 2: not JSON",
+        ),
+        (
+            "duplicate.jsonl",
+            format!("{good}\n{good}\n"),
+            "corpus line 2: id `a` is already the id of line 1",
+        ),
+        (
+            "no-text.jsonl",
+            "{\"id\": \"a\"}\n".to_string(),
+            "corpus line 1: missing `text`",
+        ),
+        ("empty.jsonl", String::new(), "the corpus has no documents"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let output = std::process::Command::new(BINARY)
+            .args([
+                "serve",
+                "--model",
+                model.to_str().unwrap(),
+                "--port",
+                "0",
+                "--corpus",
+                path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    let missing = dir.join("missing.jsonl");
+    let output = std::process::Command::new(BINARY)
+        .args([
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--port",
+            "0",
+            "--corpus",
+            missing.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read corpus"));
 }
