@@ -1,17 +1,29 @@
 //! MobileNetV2 image classification in candle, with no HTTP in it: the network and its CPU
-//! kernels, the weights' configuration, image decoding and preprocessing, and label names.
+//! kernels, the weights' configuration, image decoding and preprocessing, label names, and
+//! transfer learning (data folders, augmentation, head training, evaluation, pictures).
 
+pub mod augment;
 pub mod config;
+pub mod dataset;
+pub mod evaluate;
+pub mod head;
 pub mod image_input;
 pub mod mobilenetv2;
 pub mod ops;
 pub mod pipeline;
+pub mod plot;
 pub mod resample;
+pub mod train;
 
+pub use augment::Augmentation;
 pub use config::{ModelConfig, Preprocessing};
+pub use dataset::{DatasetError, ImageFolder, Sample};
+pub use evaluate::{evaluate, Evaluation};
+pub use head::{Head, HeadInfo};
 pub use image_input::{decode_image, DecodeLimits};
 pub use mobilenetv2::{Architecture, MobileNetV2};
 pub use pipeline::{ImageClassifier, ImageOutput, Prediction};
+pub use train::{train_head, EpochRecord, Features, TrainSettings, Trained};
 
 /// Everything that can go wrong between bytes on disk or on the wire and logits.
 #[derive(Debug, thiserror::Error)]

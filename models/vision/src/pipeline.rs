@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::config::{ModelConfig, Preprocessing};
+use crate::head::Head;
 use crate::mobilenetv2::MobileNetV2;
 use crate::VisionError;
 
@@ -29,12 +30,14 @@ pub struct ImageOutput {
     pub probabilities: Vec<f32>,
 }
 
-/// MobileNetV2 with the preprocessing and labels its weights came with.
+/// MobileNetV2 with the preprocessing and labels its weights came with, or with a trained
+/// head (and its labels) in place of its own classifier.
 #[derive(Debug)]
 pub struct ImageClassifier {
     model: MobileNetV2,
     preprocessing: Preprocessing,
     labels: Vec<String>,
+    head: Option<Head>,
 }
 
 impl ImageClassifier {
@@ -69,7 +72,27 @@ impl ImageClassifier {
             model,
             preprocessing,
             labels,
+            head: None,
         })
+    }
+
+    /// Answers with `head`'s classes instead of the model's own classifier. The caller has
+    /// checked that the head was trained on this backbone ([`Head::check_backbone`]).
+    pub fn with_head(mut self, head: Head) -> Result<Self, VisionError> {
+        if head.info().feature_dim != self.model.feature_dim() {
+            return Err(VisionError::Config(format!(
+                "the head takes {} features; this backbone gives {}",
+                head.info().feature_dim,
+                self.model.feature_dim()
+            )));
+        }
+        self.labels = head.labels().to_vec();
+        self.head = Some(head);
+        Ok(self)
+    }
+
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
     }
 
     pub fn model(&self) -> &MobileNetV2 {
@@ -102,14 +125,17 @@ impl ImageClassifier {
         Ok(Tensor::from_vec(flat, (images.len(), h, w, 3), &Device::Cpu)?)
     }
 
-    /// Runs the network once over a batch: pooled features and, when the model has a
-    /// classifier, class probabilities (softmax of the logits), one entry per image.
+    /// Runs the network once over a batch: pooled features and, when there is a head or the
+    /// model has a classifier, class probabilities (softmax of the logits), one entry per image.
     pub fn infer<I: AsRef<[f32]>>(&self, images: &[I]) -> Result<Vec<ImageOutput>, VisionError> {
         let features = self.model.features(&self.batch(images)?)?;
-        let probabilities = match self.model.num_classes() {
-            Some(_) => {
-                candle_nn::ops::softmax_last_dim(&self.model.classify_features(&features)?)?.to_vec2()?
-            }
+        let logits = match (&self.head, self.model.num_classes()) {
+            (Some(head), _) => Some(head.logits(&features)?),
+            (None, Some(_)) => Some(self.model.classify_features(&features)?),
+            (None, None) => None,
+        };
+        let probabilities = match logits {
+            Some(logits) => candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?,
             None => vec![Vec::new(); images.len()],
         };
         Ok(features

@@ -1,9 +1,10 @@
-//! `classifier`: a MobileNetV2 image classification service (`serve`) and its command-line
-//! twin (`predict`).
+//! `classifier`: a MobileNetV2 image classification service (`serve`), its command-line twin
+//! (`predict`), and transfer learning (`train`, `eval`).
 
 mod intake;
 mod model;
 mod routes;
+mod training;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,25 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Train a classification head on a folder of labelled photos (one sub-folder per class)
+    /// over the frozen backbone, and write the head directory with its report and pictures.
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        train: training::TrainArgs,
+    },
+    /// Evaluate a head on a folder of labelled photos: accuracy, per-class figures, confusion.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// One sub-folder of images per class, named as the head's classes.
+        #[arg(long, env = "DATA")]
+        data: PathBuf,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +96,8 @@ fn main() -> ExitCode {
             json,
             images,
         } => predict(&model, top_k, json, &images),
+        Command::Train { model, train } => training::train(&model, &train),
+        Command::Eval { model, data, json } => training::eval(&model, &data, json),
     }
 }
 

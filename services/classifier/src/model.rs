@@ -5,7 +5,7 @@ use std::sync::Arc;
 use runtime::{ApiError, ComputeArgs, InitPhases, Metrics, ModelCard, ModelWorker};
 use serde_json::json;
 use tokio::sync::oneshot;
-use vision::{DecodeLimits, ImageClassifier, ImageOutput, ModelConfig, VisionError};
+use vision::{DecodeLimits, Head, ImageClassifier, ImageOutput, ModelConfig, VisionError};
 
 /// Default weights: timm's ImageNet MobileNetV2.
 pub const DEFAULT_MODEL: &str = "timm/mobilenetv2_100.ra_in1k";
@@ -23,6 +23,11 @@ pub struct ModelArgs {
     /// Largest image accepted, in pixels (width x height), checked before decoding.
     #[arg(long, env = "MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
+
+    /// A head directory written by `classifier train`: answers with its classes instead of the
+    /// model's own (refused unless it was trained on this very backbone).
+    #[arg(long, env = "HEAD")]
+    pub head: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
@@ -42,6 +47,8 @@ pub enum LoadError {
     Model(#[from] VisionError),
     #[error("{0}")]
     Unsupported(String),
+    #[error("cannot read the weights for their checksum: {0}")]
+    Checksum(#[from] std::io::Error),
 }
 
 /// Resolves, loads, builds and warms up the classifier, timing each step.
@@ -62,6 +69,17 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifie
         ImageClassifier::new(model, &config)
     })?;
     drop(tensors);
+    let classifier = match &args.head {
+        Some(dir) => phases.run("load_head", || -> Result<_, LoadError> {
+            let head = Head::load(dir)?;
+            head.check_backbone(
+                &runtime::sha256_file(&weights_path)?,
+                classifier.model().feature_dim(),
+            )?;
+            Ok(classifier.with_head(head)?)
+        })?,
+        None => classifier,
+    };
     phases.run("warm_up", || -> Result<(), VisionError> {
         let [_, h, w] = classifier.preprocessing().input_size;
         classifier.infer(&[vec![0.0; h * w * 3]])?;
@@ -79,6 +97,12 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifie
             "feature_dim": classifier.model().feature_dim(),
             "preprocessing": pre,
             "labels": classifier.labels(),
+            "head": classifier.head().map(|head| json!({
+                "dir": args.head,
+                "backbone": head.info().backbone,
+                "hidden": head.info().hidden,
+                "figures": head.info().figures,
+            })),
         }),
         weights_path,
     };

@@ -14,7 +14,7 @@ pub use config::{ComputeArgs, DTypeArg, DeviceArg, ServeArgs};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use phases::{InitPhases, Phase};
-pub use server::{app, run, shutdown_signal, ModelCard, ServiceContext};
+pub use server::{app, run, sha256_file, shutdown_signal, ModelCard, ServiceContext};
 pub use worker::ModelWorker;
 
 /// Binds the service's port (the last init phase: nothing listens before the model is ready).

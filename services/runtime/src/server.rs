@@ -80,18 +80,20 @@ impl ServiceContext {
     fn checksum(&self) -> String {
         self.checksum
             .get_or_init(|| match sha256_file(&self.card.weights_path) {
-                Ok(hex) => format!("sha256:{hex}"),
+                Ok(checksum) => checksum,
                 Err(e) => format!("unavailable: {e}"),
             })
             .clone()
     }
 }
 
-fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+/// `sha256:<hex>` of a file: how a model card and a trained head name a weights file.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sha256:{hex}"))
 }
 
 /// The settings the middleware enforces.
