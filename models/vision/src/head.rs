@@ -67,7 +67,7 @@ impl Head {
         let mut take = |name: &str| {
             tensors
                 .remove(name)
-                .ok_or_else(|| VisionError::Weights(format!("head.safetensors has no `{name}`")))
+                .ok_or_else(|| VisionError::Head(format!("head.safetensors has no `{name}`")))
         };
         let hidden = match info.hidden {
             Some(_) => Some(Dense {
@@ -83,7 +83,7 @@ impl Head {
         let inputs = hidden.as_ref().map_or(info.feature_dim, |h| h.bias.dims()[0]);
         if let Some(h) = &hidden {
             if h.weight.dims() != [h.bias.dims()[0], info.feature_dim] {
-                return Err(VisionError::Weights(format!(
+                return Err(VisionError::Head(format!(
                     "hidden.weight is {:?}, expected [units, {}]",
                     h.weight.dims(),
                     info.feature_dim
@@ -91,7 +91,7 @@ impl Head {
             }
         }
         if output.weight.dims() != [labels.len(), inputs] || output.bias.dims() != [labels.len()] {
-            return Err(VisionError::Weights(format!(
+            return Err(VisionError::Head(format!(
                 "output.weight is {:?} for {} labels and {inputs} inputs",
                 output.weight.dims(),
                 labels.len()
@@ -109,21 +109,21 @@ impl Head {
     pub fn load(dir: &Path) -> Result<Self, VisionError> {
         let read = |name: &str| {
             std::fs::read_to_string(dir.join(name))
-                .map_err(|e| VisionError::Config(format!("cannot read {}: {e}", dir.join(name).display())))
+                .map_err(|e| VisionError::Head(format!("cannot read {}: {e}", dir.join(name).display())))
         };
         let labels: Vec<String> = serde_json::from_str(&read("labels.json")?)
-            .map_err(|e| VisionError::Config(format!("labels.json: {e}")))?;
+            .map_err(|e| VisionError::Head(format!("labels.json: {e}")))?;
         let info: HeadInfo = serde_json::from_str(&read("head.json")?)
-            .map_err(|e| VisionError::Config(format!("head.json: {e}")))?;
+            .map_err(|e| VisionError::Head(format!("head.json: {e}")))?;
         let path = dir.join(FILES[0]);
         let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| VisionError::Weights(format!("{}: {e}", path.display())))?;
+            .map_err(|e| VisionError::Head(format!("{}: {e}", path.display())))?;
         Self::from_tensors(tensors.into_iter().collect(), labels, info)
     }
 
     /// Writes the head directory (created when missing).
     pub fn save(&self, dir: &Path) -> Result<(), VisionError> {
-        let io = |e: std::io::Error| VisionError::Config(format!("cannot write to {}: {e}", dir.display()));
+        let io = |e: std::io::Error| VisionError::Head(format!("cannot write to {}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut tensors = HashMap::new();
         if let Some(hidden) = &self.hidden {
@@ -162,7 +162,7 @@ impl Head {
     /// Refuses a backbone other than the one the head was trained on.
     pub fn check_backbone(&self, sha256: &str, feature_dim: usize) -> Result<(), VisionError> {
         if sha256 != self.info.backbone_sha256 || feature_dim != self.info.feature_dim {
-            return Err(VisionError::Config(format!(
+            return Err(VisionError::Head(format!(
                 "this head was trained on backbone `{}` ({}, {} features); the model loaded is {sha256} with {feature_dim} features. Serve it with --model pointing at that backbone",
                 self.info.backbone, self.info.backbone_sha256, self.info.feature_dim
             )));
@@ -173,7 +173,7 @@ impl Head {
 
 /// Writes `value` as pretty JSON, ending with a newline.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), VisionError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| VisionError::Config(e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| VisionError::Head(e.to_string()))?;
     std::fs::write(path, text + "\n")
-        .map_err(|e| VisionError::Config(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| VisionError::Head(format!("cannot write {}: {e}", path.display())))
 }

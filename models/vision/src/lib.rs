@@ -33,6 +33,9 @@ pub enum VisionError {
     Weights(String),
     #[error("invalid config.json: {0}")]
     Config(String),
+    /// A head directory is unusable, or belongs to another backbone.
+    #[error("head: {0}")]
+    Head(String),
     /// The model has no classifier, so it can only answer features.
     #[error("the model has no classifier: only features are available")]
     NoClassifier,

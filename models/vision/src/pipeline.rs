@@ -80,7 +80,7 @@ impl ImageClassifier {
     /// checked that the head was trained on this backbone ([`Head::check_backbone`]).
     pub fn with_head(mut self, head: Head) -> Result<Self, VisionError> {
         if head.info().feature_dim != self.model.feature_dim() {
-            return Err(VisionError::Config(format!(
+            return Err(VisionError::Head(format!(
                 "the head takes {} features; this backbone gives {}",
                 head.info().feature_dim,
                 self.model.feature_dim()

@@ -77,7 +77,7 @@ impl Canvas {
     fn save(self, path: &Path) -> Result<(), VisionError> {
         self.0
             .save(path)
-            .map_err(|e| VisionError::Config(format!("cannot write {}: {e}", path.display())))
+            .map_err(|e| VisionError::Head(format!("cannot write {}: {e}", path.display())))
     }
 }
 
