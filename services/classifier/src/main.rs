@@ -40,6 +40,10 @@ enum Command {
         /// Most images one request may carry.
         #[arg(long, env = "MAX_IMAGES_PER_REQUEST", default_value_t = 64)]
         max_images: usize,
+        /// Milliseconds the model thread waits, after a request arrives, for others to batch
+        /// with it (0: only what is already queued).
+        #[arg(long, env = "BATCH_WINDOW_MS", default_value_t = 2.0)]
+        batch_window_ms: f64,
     },
     /// Classify image files and print the top classes.
     Predict {
@@ -89,7 +93,8 @@ fn main() -> ExitCode {
             serve,
             max_batch,
             max_images,
-        } => serve_http(&model, &serve, max_batch, max_images),
+            batch_window_ms,
+        } => serve_http(&model, &serve, max_batch, max_images, batch_window_ms),
         Command::Predict {
             model,
             top_k,
@@ -101,7 +106,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_http(args: &ModelArgs, serve: &ServeArgs, max_batch: usize, max_images: usize) -> ExitCode {
+fn serve_http(
+    args: &ModelArgs,
+    serve: &ServeArgs,
+    max_batch: usize,
+    max_images: usize,
+    batch_window_ms: f64,
+) -> ExitCode {
+    let Ok(batch_window) = std::time::Duration::try_from_secs_f64(batch_window_ms / 1e3) else {
+        return runtime::startup_failure(&format!("--batch-window-ms {batch_window_ms} is not a duration"));
+    };
     let mut phases = InitPhases::new();
     let (classifier, card) = match model::load(args, &mut phases) {
         Ok(loaded) => loaded,
@@ -117,6 +131,7 @@ fn serve_http(args: &ModelArgs, serve: &ServeArgs, max_batch: usize, max_images:
         classifier.clone(),
         serve.max_concurrency,
         max_batch,
+        batch_window,
         metrics.clone(),
     ) {
         Ok(worker) => worker,

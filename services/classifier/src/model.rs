@@ -115,17 +115,20 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Vec<ImageOutput>, String>>,
 }
 
-/// Starts the model thread: each wake-up runs every queued job's images as one batch.
+/// Starts the model thread: each wake-up runs the queued jobs' images as one batch, waiting up
+/// to `batch_window` for requests that arrive together.
 pub fn spawn_worker(
     classifier: Arc<ImageClassifier>,
     capacity: usize,
     max_batch_images: usize,
+    batch_window: std::time::Duration,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<ModelWorker<Job>> {
     ModelWorker::spawn(
         "classifier-model",
         capacity,
         max_batch_images,
+        batch_window,
         metrics,
         move |jobs: Vec<Job>| {
             let images: Vec<&[f32]> = jobs

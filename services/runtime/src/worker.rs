@@ -1,10 +1,12 @@
 //! The model thread: model compute runs on its own OS thread, never on the async runtime, fed by
-//! a bounded queue. A full queue is answered with 429 at once rather than growing without bound,
-//! and whatever is queued when the thread wakes up is handled as one batch.
+//! a bounded queue. A full queue is answered with 429 at once rather than growing without bound.
+//! Whatever is queued when the thread wakes up is handled as one batch, and a short batching
+//! window lets requests that arrive together share a forward pass.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -24,12 +26,15 @@ impl<J> Clone for ModelWorker<J> {
 }
 
 impl<J: Send + 'static> ModelWorker<J> {
-    /// Starts the thread. `handle` gets up to `max_batch` jobs at a time; a panic inside it
-    /// drops that batch's jobs (their callers see an error) and the thread carries on.
+    /// Starts the thread. `handle` gets up to `max_batch` jobs at a time: after the first job
+    /// of a batch, the thread waits up to `batch_window` for more (zero: it takes only what is
+    /// already queued). A panic inside `handle` drops that batch's jobs (their callers see an
+    /// error) and the thread carries on.
     pub fn spawn(
         name: &str,
         capacity: usize,
         max_batch: usize,
+        batch_window: Duration,
         metrics: Arc<Metrics>,
         mut handle: impl FnMut(Vec<J>) + Send + 'static,
     ) -> std::io::Result<Self> {
@@ -39,11 +44,13 @@ impl<J: Send + 'static> ModelWorker<J> {
             .name(name.to_string())
             .spawn(move || {
                 while let Ok(first) = receiver.recv() {
+                    let closes = Instant::now() + batch_window;
                     let mut batch = vec![first];
                     while batch.len() < max_batch {
-                        match receiver.try_recv() {
+                        let left = closes.saturating_duration_since(Instant::now());
+                        match receiver.recv_timeout(left) {
                             Ok(job) => batch.push(job),
-                            Err(_) => break,
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                         }
                     }
                     metrics.observe_batch(batch.len());

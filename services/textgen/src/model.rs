@@ -164,34 +164,41 @@ pub fn spawn_worker(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<ModelWorker<Job>> {
     let counters = metrics.clone();
-    ModelWorker::spawn("textgen-model", capacity, 1, metrics, move |jobs: Vec<Job>| {
-        for job in jobs {
-            match job {
-                Job::Complete { choices, events } => {
-                    if let Err(generated) = complete(&model, choices, &events) {
-                        counters.increment("generations_cancelled", 1);
-                        tracing::info!(generated, "client went away: generation stopped");
+    ModelWorker::spawn(
+        "textgen-model",
+        capacity,
+        1,
+        std::time::Duration::ZERO,
+        metrics,
+        move |jobs: Vec<Job>| {
+            for job in jobs {
+                match job {
+                    Job::Complete { choices, events } => {
+                        if let Err(generated) = complete(&model, choices, &events) {
+                            counters.increment("generations_cancelled", 1);
+                            tracing::info!(generated, "client went away: generation stopped");
+                        }
                     }
-                }
-                Job::Search {
-                    search,
-                    passage_tokens,
-                    reply,
-                } => {
-                    let hits = run_search(&model, &search, passage_tokens, || reply.is_closed());
-                    if matches!(hits, Ok(None)) {
-                        counters.increment("searches_cancelled", 1);
-                        tracing::info!("client went away: search stopped");
+                    Job::Search {
+                        search,
+                        passage_tokens,
+                        reply,
+                    } => {
+                        let hits = run_search(&model, &search, passage_tokens, || reply.is_closed());
+                        if matches!(hits, Ok(None)) {
+                            counters.increment("searches_cancelled", 1);
+                            tracing::info!("client went away: search stopped");
+                        }
+                        let _ = reply.send(hits);
                     }
-                    let _ = reply.send(hits);
-                }
-                Job::Embed { inputs, reply } => {
-                    let inputs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-                    let _ = reply.send(text::embed(&model.gpt2, &inputs));
+                    Job::Embed { inputs, reply } => {
+                        let inputs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+                        let _ = reply.send(text::embed(&model.gpt2, &inputs));
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Runs a search: BM25 over the corpus index (or an index of the request's documents built
