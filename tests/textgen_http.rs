@@ -740,3 +740,61 @@ fn a_bad_corpus_fails_start_up_with_the_line_and_the_reason() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read corpus"));
 }
+
+#[test]
+fn concurrent_generations_are_batched_and_answer_as_if_alone() {
+    let Some(server) = start(&[]) else { return };
+    let requests: Vec<Value> = [
+        ("The quick brown fox", 30),
+        ("Hello, world", 12),
+        ("I am a", 24),
+        ("In the beginning", 40),
+        ("Rust is", 18),
+        ("Once upon a time", 33),
+    ]
+    .iter()
+    .map(|(prompt, max_tokens)| json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": 1}))
+    .collect();
+    let alone: Vec<Value> = requests
+        .iter()
+        .map(|body| complete(&server, body.clone())["choices"][0].clone())
+        .collect();
+    let url = server.url("/v1/completions");
+    let together: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|body| {
+                let url = &url;
+                scope.spawn(move || {
+                    let answer = post(url, Some("application/json"), body.to_string().as_bytes(), &[]);
+                    assert_eq!(answer.status, 200, "{}", answer.text);
+                    answer.json()["choices"][0].clone()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (a, t) in alone.iter().zip(&together) {
+        assert_eq!(a["text"], t["text"]);
+        assert_eq!(a["finish_reason"], t["finish_reason"]);
+        let (a, t) = (&a["logprobs"]["token_logprobs"], &t["logprobs"]["token_logprobs"]);
+        for (x, y) in a.as_array().unwrap().iter().zip(t.as_array().unwrap()) {
+            assert!(
+                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-3,
+                "{x} vs {y}"
+            );
+        }
+    }
+    // Some decode steps carried more than one generation.
+    let metrics = get(&server.url("/metrics")).text;
+    let value = |prefix: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let single = value("model_batch_size_bucket{le=\"1\"}");
+    let steps = value("model_batch_size_count");
+    assert!(single < steps, "every step ran one generation:\n{metrics}");
+}

@@ -121,7 +121,12 @@ impl<'a> Generation<'a> {
         self.finish
     }
 
-    fn step(&mut self) -> Result<Step, TextError> {
+    /// Samples the next token from the current logits and releases its text. Answers the step
+    /// and, unless the generation just ended, the token the model must read next: the caller
+    /// runs it (alone with [`Gpt2::forward`], or batched with other generations through
+    /// [`Gpt2::decode_batch`] on [`Generation::cache_mut`]) and hands the logits to
+    /// [`Generation::set_logits`].
+    pub fn advance(&mut self) -> (Step, Option<u32>) {
         let token = self.sampler.sample(&self.logits);
         self.sampler.observe(token);
         self.generated += 1;
@@ -132,7 +137,7 @@ impl<'a> Generation<'a> {
         if self.tokenizer.token_bytes(token) == crate::END_OF_TEXT.as_bytes() {
             self.finish = Some(FinishReason::Stop);
             let text = self.stops.finish(std::mem::take(&mut self.decoder).finish());
-            return Ok(Step { token, text, logprob });
+            return (Step { token, text, logprob }, None);
         }
         let released = self.decoder.push(self.tokenizer.token_bytes(token));
         let (mut text, stopped) = self.stops.push(&released);
@@ -143,11 +148,38 @@ impl<'a> Generation<'a> {
         {
             self.finish = Some(FinishReason::Length);
             text.push_str(&self.stops.finish(std::mem::take(&mut self.decoder).finish()));
-        } else {
+        }
+        let next = self.finish.is_none().then_some(token);
+        (Step { token, text, logprob }, next)
+    }
+
+    /// The generation's KV cache, for a batched decode step.
+    pub fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+
+    /// The logits for the next position, after the token [`Generation::advance`] asked for.
+    pub fn set_logits(&mut self, logits: Vec<f32>) {
+        self.logits = logits;
+    }
+
+    /// Ends the generation (its model step failed).
+    pub fn abort(&mut self) {
+        self.finish = Some(FinishReason::Stop);
+    }
+
+    fn step(&mut self) -> Result<Step, TextError> {
+        let (step, next) = self.advance();
+        if let Some(token) = next {
             let hidden = self.model.forward(&[token], &mut self.cache)?;
             self.logits = self.model.logits(&hidden)?.squeeze(0)?.to_vec1()?;
         }
-        Ok(Step { token, text, logprob })
+        Ok(step)
+    }
+
+    /// True once the generation has ended.
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
     }
 }
 

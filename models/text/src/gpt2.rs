@@ -262,6 +262,44 @@ impl Gpt2 {
             .collect::<candle_core::Result<_>>()?)
     }
 
+    /// One decode step of several generations at once: `tokens[i]` follows what `caches[i]`
+    /// holds. The dense layers read their weights once for all the rows, which is what makes a
+    /// batch of generations cost about as much as one; attention runs per sequence against its
+    /// own cache. Answers the final hidden states (batch, n_embd).
+    pub fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor, TextError> {
+        if tokens.len() != caches.len() {
+            return Err(TextError::Weights(format!(
+                "{} tokens for {} caches",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        for (&token, cache) in tokens.iter().zip(caches.iter_mut()) {
+            self.check(&[token], cache.len)?;
+            if cache.layers.is_empty() {
+                cache.layers = vec![None; self.config.n_layer];
+            }
+        }
+        let positions: Vec<u32> = caches.iter().map(|c| c.len as u32).collect();
+        let mut x = self.embed(tokens, &positions)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
+            let mut attended = Vec::with_capacity(tokens.len());
+            for (row, cache) in caches.iter_mut().enumerate() {
+                let (rows, keys_values) =
+                    self.attention(&qkv.narrow(0, row, 1)?, cache.layers[layer].take())?;
+                cache.layers[layer] = Some(keys_values);
+                attended.push(rows);
+            }
+            let attended = Tensor::cat(&attended, 0)?;
+            x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        Ok(self.ln_f.forward(&x)?)
+    }
+
     /// Refuses tokens outside the vocabulary or beyond the context.
     fn check(&self, tokens: &[u32], start: usize) -> Result<(), TextError> {
         let end = start + tokens.len();

@@ -15,7 +15,7 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 pub use phases::{InitPhases, Phase};
 pub use server::{app, run, sha256_file, shutdown_signal, ModelCard, ServiceContext};
-pub use worker::ModelWorker;
+pub use worker::{JobQueue, ModelWorker};
 
 /// Binds the service's port (the last init phase: nothing listens before the model is ready).
 pub fn bind(

@@ -171,7 +171,12 @@ fn serve_http(
     };
     let metrics = Arc::new(Metrics::default());
     let model = Arc::new(model);
-    let worker = match model::spawn_worker(model.clone(), serve.max_concurrency, metrics.clone()) {
+    let worker = match model::spawn_worker(
+        model.clone(),
+        serve.max_concurrency,
+        limits.max_batch,
+        metrics.clone(),
+    ) {
         Ok(worker) => worker,
         Err(e) => return runtime::startup_failure(&format!("cannot start the model thread: {e}")),
     };

@@ -1,13 +1,16 @@
 //! Loading GPT-2, its tokenizer and the search corpus (each step an init phase), and the model
 //! thread: completions token by token, searches, and embeddings.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
-use runtime::{ComputeArgs, InitPhases, Metrics, ModelCard, ModelWorker};
+use runtime::{ComputeArgs, InitPhases, JobQueue, Metrics, ModelCard, ModelWorker};
 use serde_json::json;
 use text::retrieval::{Bm25Index, Bm25Params, Corpus, CorpusError, Reranker, SearchHit};
-use text::{FinishReason, GenerateOptions, Generation, Gpt2, Gpt2Tokenizer, Step, TextError, TokenLogprob};
+use text::{
+    FinishReason, GenerateOptions, Generation, Gpt2, Gpt2Tokenizer, KvCache, Step, TextError, TokenLogprob,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::search::{Documents, Search};
@@ -140,7 +143,7 @@ pub enum Job {
     /// Every choice of one completion request; events stream back as tokens come.
     Complete {
         choices: Vec<ChoiceJob>,
-        events: mpsc::Sender<Event>,
+        events: mpsc::UnboundedSender<Event>,
     },
     /// A search; `None` when the client went away before it finished.
     Search {
@@ -155,50 +158,206 @@ pub enum Job {
     },
 }
 
-/// Starts the model thread; jobs run one after the other. A client that goes away (its
-/// answer channel closed) stops its generation at the next token, its search at the next
-/// candidate.
+/// Starts the model thread. Generations run with continuous batching: each step decodes one
+/// token of every running generation in one batched pass (up to `max_batch` of them); new
+/// requests join between steps, finished ones leave. Searches and embeddings run between steps.
+/// A client that goes away (its event channel closed) leaves at the next step; a search stops
+/// at its next batch of candidates.
 pub fn spawn_worker(
     model: Arc<TextModel>,
     capacity: usize,
+    max_batch: usize,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<ModelWorker<Job>> {
-    let counters = metrics.clone();
-    ModelWorker::spawn(
-        "textgen-model",
-        capacity,
-        1,
-        std::time::Duration::ZERO,
-        metrics,
-        move |jobs: Vec<Job>| {
-            for job in jobs {
-                match job {
-                    Job::Complete { choices, events } => {
-                        if let Err(generated) = complete(&model, choices, &events) {
-                            counters.increment("generations_cancelled", 1);
-                            tracing::info!(generated, "client went away: generation stopped");
-                        }
+    ModelWorker::spawn_scheduler("textgen-model", capacity, move |queue| {
+        Scheduler {
+            model: &model,
+            max_batch: max_batch.max(1),
+            metrics,
+            running: Vec::new(),
+        }
+        .run(&queue);
+    })
+}
+
+/// One choice being generated.
+struct Running<'m> {
+    generation: Generation<'m>,
+    choice: usize,
+    events: mpsc::UnboundedSender<Event>,
+    completion_tokens: usize,
+}
+
+/// The model thread's loop: admit jobs, then step every running generation at once.
+struct Scheduler<'m> {
+    model: &'m TextModel,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+    running: Vec<Running<'m>>,
+}
+
+impl<'m> Scheduler<'m> {
+    fn run(mut self, queue: &JobQueue<Job>) {
+        loop {
+            if self.running.is_empty() {
+                match queue.wait() {
+                    Some(job) => self.guarded("admitting a job", |s| s.admit(job)),
+                    None => return,
+                }
+            }
+            while self.running.len() < self.max_batch {
+                match queue.poll() {
+                    Some(job) => self.guarded("admitting a job", |s| s.admit(job)),
+                    None => break,
+                }
+            }
+            if !self.running.is_empty() {
+                self.metrics.observe_batch(self.running.len());
+                self.guarded("a decode step", Self::step);
+            }
+        }
+    }
+
+    /// Runs `work`; a panic drops the running generations (their clients see an error) and
+    /// the thread carries on.
+    fn guarded(&mut self, what: &str, work: impl FnOnce(&mut Self)) {
+        if catch_unwind(AssertUnwindSafe(|| work(self))).is_err() {
+            tracing::error!("the model thread panicked in {what}; its requests get 500");
+            self.running.clear();
+        }
+    }
+
+    fn cancelled(&self, generated: usize) {
+        self.metrics.increment("generations_cancelled", 1);
+        tracing::info!(generated, "client went away: generation stopped");
+    }
+
+    fn admit(&mut self, job: Job) {
+        let model = self.model;
+        match job {
+            Job::Complete { choices, events } => {
+                for (choice, ChoiceJob { prompt, options }) in choices.into_iter().enumerate() {
+                    let (generation, logprobs) =
+                        match Generation::start(&model.gpt2, &model.tokenizer, &prompt, options) {
+                            Ok(started) => started,
+                            Err(e) => {
+                                let _ = events.send(Event::Failed(e.to_string()));
+                                return;
+                            }
+                        };
+                    if events.send(Event::Prompt { choice, logprobs }).is_err() {
+                        self.cancelled(0);
+                        return;
                     }
-                    Job::Search {
-                        search,
-                        passage_tokens,
-                        reply,
-                    } => {
-                        let hits = run_search(&model, &search, passage_tokens, || reply.is_closed());
-                        if matches!(hits, Ok(None)) {
-                            counters.increment("searches_cancelled", 1);
-                            tracing::info!("client went away: search stopped");
-                        }
-                        let _ = reply.send(hits);
+                    if generation.is_finished() {
+                        let finish_reason = generation.finish_reason().unwrap_or(FinishReason::Length);
+                        let _ = events.send(Event::Done {
+                            choice,
+                            finish_reason,
+                            completion_tokens: 0,
+                        });
+                        continue;
                     }
-                    Job::Embed { inputs, reply } => {
-                        let inputs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-                        let _ = reply.send(text::embed(&model.gpt2, &inputs));
+                    self.running.push(Running {
+                        generation,
+                        choice,
+                        events: events.clone(),
+                        completion_tokens: 0,
+                    });
+                }
+            }
+            Job::Search {
+                search,
+                passage_tokens,
+                reply,
+            } => {
+                let hits = run_search(model, &search, passage_tokens, || reply.is_closed());
+                if matches!(hits, Ok(None)) {
+                    self.metrics.increment("searches_cancelled", 1);
+                    tracing::info!("client went away: search stopped");
+                }
+                let _ = reply.send(hits);
+            }
+            Job::Embed { inputs, reply } => {
+                let inputs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+                let _ = reply.send(text::embed(&model.gpt2, &inputs));
+            }
+        }
+    }
+
+    /// One token for every running generation: sample each, send it, then read all the
+    /// sampled tokens in one batched forward pass.
+    fn step(&mut self) {
+        let mut next = vec![None; self.running.len()];
+        let mut leaving = vec![false; self.running.len()];
+        for (i, run) in self.running.iter_mut().enumerate() {
+            let (step, token) = run.generation.advance();
+            run.completion_tokens += 1;
+            let choice = run.choice;
+            if run.events.send(Event::Token { choice, step }).is_err() {
+                leaving[i] = true;
+                continue;
+            }
+            match token {
+                Some(token) => next[i] = Some(token),
+                None => {
+                    let finish_reason = run.generation.finish_reason().unwrap_or(FinishReason::Length);
+                    let _ = run.events.send(Event::Done {
+                        choice,
+                        finish_reason,
+                        completion_tokens: run.completion_tokens,
+                    });
+                    leaving[i] = true;
+                }
+            }
+        }
+        for (i, run) in self.running.iter().enumerate() {
+            if leaving[i] && !run.generation.is_finished() {
+                self.cancelled(run.completion_tokens);
+            }
+        }
+        let tokens: Vec<u32> = next.iter().flatten().copied().collect();
+        if !tokens.is_empty() {
+            let mut caches: Vec<&mut KvCache> = self
+                .running
+                .iter_mut()
+                .zip(&next)
+                .filter(|(_, token)| token.is_some())
+                .map(|(run, _)| run.generation.cache_mut())
+                .collect();
+            let logits = self
+                .model
+                .gpt2
+                .decode_batch(&tokens, &mut caches)
+                .and_then(|hidden| self.model.gpt2.logits(&hidden))
+                .and_then(|logits| Ok(logits.to_vec2::<f32>()?));
+            let fed = self
+                .running
+                .iter_mut()
+                .zip(&next)
+                .enumerate()
+                .filter(|(_, (_, t))| t.is_some());
+            match logits {
+                Ok(rows) => {
+                    for ((_, (run, _)), row) in fed.zip(rows) {
+                        run.generation.set_logits(row);
+                    }
+                }
+                Err(e) => {
+                    for (i, (run, _)) in fed {
+                        let _ = run.events.send(Event::Failed(e.to_string()));
+                        run.generation.abort();
+                        leaving[i] = true;
                     }
                 }
             }
-        },
-    )
+        }
+        let mut index = 0;
+        self.running.retain(|_| {
+            index += 1;
+            !leaving[index - 1]
+        });
+    }
 }
 
 /// Runs a search: BM25 over the corpus index (or an index of the request's documents built
@@ -232,42 +391,4 @@ pub fn run_search(
             )
         }
     }
-}
-
-/// Runs a completion's choices; `Err(tokens generated)` when the client went away.
-fn complete(model: &TextModel, choices: Vec<ChoiceJob>, events: &mpsc::Sender<Event>) -> Result<(), usize> {
-    let send = |event: Event| events.blocking_send(event).map_err(|_| ());
-    for (choice, ChoiceJob { prompt, options }) in choices.into_iter().enumerate() {
-        let (generation, logprobs) = match Generation::start(&model.gpt2, &model.tokenizer, &prompt, options)
-        {
-            Ok(started) => started,
-            Err(e) => {
-                let _ = send(Event::Failed(e.to_string()));
-                return Ok(());
-            }
-        };
-        send(Event::Prompt { choice, logprobs }).map_err(|_| 0usize)?;
-        let mut generation = generation;
-        let mut completion_tokens = 0;
-        for step in generation.by_ref() {
-            match step {
-                Ok(step) => {
-                    completion_tokens += 1;
-                    send(Event::Token { choice, step }).map_err(|_| completion_tokens)?;
-                }
-                Err(e) => {
-                    let _ = send(Event::Failed(e.to_string()));
-                    return Ok(());
-                }
-            }
-        }
-        let finish_reason = generation.finish_reason().unwrap_or(FinishReason::Length);
-        send(Event::Done {
-            choice,
-            finish_reason,
-            completion_tokens,
-        })
-        .map_err(|_| completion_tokens)?;
-    }
-    Ok(())
 }

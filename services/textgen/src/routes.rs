@@ -33,7 +33,7 @@ pub struct AppState {
     pub limits: ApiLimits,
 }
 
-/// Per-request limits of the search and embeddings APIs.
+/// Limits of the generation, search and embeddings work one request or one step may take.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiLimits {
     /// Most documents one search may send, and most candidates it may rerank (`max_rerank`).
@@ -43,6 +43,11 @@ pub struct ApiLimits {
     /// Most inputs one embeddings request may send.
     #[arg(long, env = "MAX_EMBEDDING_INPUTS", default_value_t = 256)]
     pub max_embedding_inputs: usize,
+
+    /// Most generations decoded together in one step (continuous batching); more wait in the
+    /// queue.
+    #[arg(long, env = "MAX_BATCH", default_value_t = 16)]
+    pub max_batch: usize,
 }
 
 /// Completions, search and embeddings under `/v1` and `/v1/engines/{engine}` (the engine is
@@ -115,7 +120,9 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse(&body)?;
     let completion = request.validate(&state.model.tokenizer, state.model.gpt2.config().n_positions)?;
-    let (events, receiver) = mpsc::channel(64);
+    // Unbounded: a request's events are bounded by its own tokens, and a slow reader must
+    // never stall the model thread, which steps every generation together.
+    let (events, receiver) = mpsc::unbounded_channel();
     let choices = choice_jobs(&completion);
     state.worker.submit(Job::Complete { choices, events })?;
     let answer = Answer::new(&state, &completion);
@@ -250,7 +257,7 @@ impl Answer {
     }
 
     /// Waits for every choice and answers the whole completion.
-    async fn collect(self, mut receiver: mpsc::Receiver<Event>) -> Result<Value, ApiError> {
+    async fn collect(self, mut receiver: mpsc::UnboundedReceiver<Event>) -> Result<Value, ApiError> {
         let count = self.prompts.len() * self.n;
         let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
         while let Some(event) = receiver.recv().await {
@@ -304,7 +311,10 @@ impl Answer {
 
     /// One SSE chunk per event as the model produces it, then `[DONE]`. Dropping the stream
     /// (the client went away) closes the channel, which stops the generation.
-    fn stream(self, receiver: mpsc::Receiver<Event>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    fn stream(
+        self,
+        receiver: mpsc::UnboundedReceiver<Event>,
+    ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         let count = self.prompts.len() * self.n;
         let choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
         stream::unfold(Some((self, receiver, choices)), |state| async move {
