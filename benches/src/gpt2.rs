@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         &args.model.join("model.safetensors"),
     )?;
     let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i * 7919) % 50_000).collect();
-    model.forward(&prompt[..8], &mut KvCache::default())?;
+    model.forward(&prompt[..prompt.len().min(8)], &mut KvCache::default())?;
     let mut cache = KvCache::default();
     let start = Instant::now();
     let hidden = model.forward(&prompt, &mut cache)?;

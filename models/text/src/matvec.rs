@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows at or below which [`matmul`] streams the weights; above it candle's GEMM wins.
-pub const SMALL_ROWS: usize = 4;
+pub const SMALL_ROWS: usize = 16;
 
 fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
