@@ -13,13 +13,12 @@ import json
 import pathlib
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-from eval_retrieval import DEFAULT_CORPUS, free_port, post, wait_ready
+from eval_retrieval import DEFAULT_CORPUS, post, start_service
 
 
 def rss_mib(pid):
@@ -31,13 +30,7 @@ def rss_mib(pid):
 
 def serve(binary, model, corpus):
     """Starts textgen (with `corpus` when given); answers (process, base URL, init phases, RSS MiB)."""
-    port = free_port()
-    command = [str(binary), "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
-    if corpus:
-        command += ["--corpus", str(corpus)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, process)
+    process, base = start_service(binary, model, *(["--corpus", corpus] if corpus else []))
     with urllib.request.urlopen(f"{base}/v1/models") as response:
         phases = {p["name"]: p["duration_ms"] for p in json.load(response)["data"][0]["init_phases"]}
     return process, base, phases, rss_mib(process.pid)

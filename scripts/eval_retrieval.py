@@ -71,18 +71,25 @@ def post(url, body):
     return answer, time.perf_counter() - start
 
 
-def wait_ready(base, process):
+def start_service(binary, model, *flags):
+    """Starts `binary serve` on a free loopback port and waits until it is ready; answers the
+    process and its base URL (the caller terminates the process)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [str(binary), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port), *flags]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
         if process.poll() is not None:
-            sys.exit(f"textgen exited with {process.returncode} before it was ready")
+            sys.exit(f"{binary} exited with {process.returncode} before it was ready")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
                 if response.status == 200:
-                    return
+                    return process, base
         except OSError:
             time.sleep(0.2)
-    sys.exit("textgen was not ready within 120 s")
+    process.terminate()
+    sys.exit(f"{binary} was not ready within 120 s")
 
 
 def rank_of(answer, document):
@@ -131,13 +138,8 @@ def main():
         query = make_query(json.loads(line)["text"], rng, args.words)
         if query:
             queries.append((query, index))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [str(args.binary), "serve", "--model", args.model, "--corpus", str(args.corpus), "--host", "127.0.0.1",
-               "--port", str(port), "--request-timeout", "900"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    process, base = start_service(args.binary, args.model, "--corpus", args.corpus, "--request-timeout", "900")
     try:
-        wait_ready(base, process)
         with urllib.request.urlopen(f"{base}/v1/models") as response:
             card = json.load(response)["data"][0]
         phases = ", ".join(f"{p['name']} {p['duration_ms']:.0f} ms" for p in card["init_phases"])

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from eval_retrieval import free_port, wait_ready
+from eval_retrieval import start_service
 
 
 def run_hey(url, concurrency, seconds, content_type, body_path):
@@ -56,14 +56,9 @@ def main():
     if not shutil.which("hey"):
         print("skipped: `hey` is not installed (Debian: apt-get install hey)")
         return 0
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [args.binary, "serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
-               "--max-concurrency", "256", *args.extra.split()]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    process, base = start_service(args.binary, args.model, "--max-concurrency", "256", *args.extra.split())
     results = []
     try:
-        wait_ready(base, process)
         with tempfile.NamedTemporaryFile(suffix=".body") as body:
             if args.service == "classifier":
                 if not args.image:
