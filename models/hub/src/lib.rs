@@ -93,7 +93,7 @@ fn f32_tensor(view: &safetensors::tensor::TensorView<'_>) -> candle_core::Result
             );
         }
     }
-    // Safetensors stores little-endian values, which this (x86-64) target reads as they are.
+    // Safetensors stores little-endian values.
     values.extend(
         bytes
             .chunks_exact(4)
