@@ -84,6 +84,17 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     runtime::startup_failure(&message)
 }
 
+/// Lists the data folder (first: a bad folder fails before any weights load), then loads the
+/// model; a failure is reported and answered as the exit code.
+fn open(
+    model_args: &ModelArgs,
+    data: &Path,
+) -> Result<(ImageFolder, ImageClassifier, runtime::ModelCard), ExitCode> {
+    let folder = ImageFolder::scan(data).map_err(fail)?;
+    let (classifier, card) = model::load(model_args, &mut runtime::InitPhases::new()).map_err(fail)?;
+    Ok((folder, classifier, card))
+}
+
 /// One image to run: a sample, and which random view of it (`None`: the photo as it is).
 #[derive(Debug, Clone, Copy)]
 struct View {
@@ -232,14 +243,9 @@ pub fn train(model_args: &ModelArgs, args: &TrainArgs) -> ExitCode {
     if !(0.0..1.0).contains(&args.val_split) {
         return fail(format!("--val-split must be in [0, 1), got {}", args.val_split));
     }
-    let folder = match ImageFolder::scan(&args.data) {
-        Ok(folder) => folder,
-        Err(e) => return fail(e),
-    };
-    let mut phases = runtime::InitPhases::new();
-    let (classifier, card) = match model::load(model_args, &mut phases) {
-        Ok(loaded) => loaded,
-        Err(e) => return fail(e),
+    let (folder, classifier, card) = match open(model_args, &args.data) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
     let backbone_sha256 = match runtime::sha256_file(&card.weights_path) {
         Ok(checksum) => checksum,
@@ -411,14 +417,9 @@ pub fn eval(model_args: &ModelArgs, data: &Path, as_json: bool) -> ExitCode {
     if model_args.head.is_none() {
         return fail("eval needs --head DIR (a head written by `classifier train`)");
     }
-    let folder = match ImageFolder::scan(data) {
-        Ok(folder) => folder,
-        Err(e) => return fail(e),
-    };
-    let mut phases = runtime::InitPhases::new();
-    let (classifier, card) = match model::load(model_args, &mut phases) {
-        Ok(loaded) => loaded,
-        Err(e) => return fail(e),
+    let (folder, classifier, card) = match open(model_args, data) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
     let labels = classifier.labels().to_vec();
     // Each folder's class is the head's label of the same name.
