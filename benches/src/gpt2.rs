@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use text::{Gpt2, KvCache};
+use text::{Gpt2, KvCache, WeightPrecision};
 
 #[derive(Parser)]
 struct Args {
@@ -19,6 +19,9 @@ struct Args {
     /// Tokens to decode after the prompt.
     #[arg(long, default_value_t = 64)]
     tokens: usize,
+    /// Hold the dense weights in bf16 (activations stay f32).
+    #[arg(long)]
+    bf16: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -26,9 +29,15 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let (precision, engine) = if args.bf16 {
+        (WeightPrecision::Bf16, "candle (ours) bf16")
+    } else {
+        (WeightPrecision::F32, "candle (ours) f32")
+    };
     let model = Gpt2::load(
         &args.model.join("config.json"),
         &args.model.join("model.safetensors"),
+        precision,
     )?;
     let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i * 7919) % 50_000).collect();
     model.forward(&prompt[..prompt.len().min(8)], &mut KvCache::default())?;
@@ -48,12 +57,12 @@ fn main() -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"engine": "candle (ours)", "prefill_tokens": args.prompt, "prefill_ms": prefill * 1e3,
+            serde_json::json!({"engine": engine, "prefill_tokens": args.prompt, "prefill_ms": prefill * 1e3,
                 "decode_tokens": args.tokens, "decode_tokens_per_s": tokens_per_s})
         );
     } else {
         println!(
-            "candle (ours)  prefill {} tokens: {:.1} ms   decode: {tokens_per_s:.1} tokens/s ({} tokens)",
+            "{engine}  prefill {} tokens: {:.1} ms   decode: {tokens_per_s:.1} tokens/s ({} tokens)",
             args.prompt,
             prefill * 1e3,
             args.tokens

@@ -11,7 +11,7 @@ pub mod tokenizer;
 
 pub use embedding::embed;
 pub use generate::{FinishReason, GenerateOptions, Generation, Step, TokenLogprob};
-pub use gpt2::{Gpt2, Gpt2Config, KvCache};
+pub use gpt2::{Gpt2, Gpt2Config, KvCache, WeightPrecision};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{Gpt2Tokenizer, StreamDecoder, END_OF_TEXT};
 

@@ -6,15 +6,19 @@ use std::path::PathBuf;
 
 use candle_core::{IndexOp, D};
 use serde_json::Value;
-use text::{Gpt2, KvCache};
+use text::{Gpt2, KvCache, WeightPrecision};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gpt2-tiny")
 }
 
 fn load() -> (Gpt2, Value) {
+    load_as(WeightPrecision::F32)
+}
+
+fn load_as(precision: WeightPrecision) -> (Gpt2, Value) {
     let dir = fixture();
-    let model = Gpt2::load(&dir.join("config.json"), &dir.join("model.safetensors")).unwrap();
+    let model = Gpt2::load(&dir.join("config.json"), &dir.join("model.safetensors"), precision).unwrap();
     let reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     (model, reference)
@@ -40,6 +44,43 @@ fn floats(value: &Value) -> Vec<f32> {
 
 fn assert_close(got: f32, want: f32, what: &str) {
     assert!((got - want).abs() < 1e-4, "{what}: {got} vs transformers {want}");
+}
+
+/// bf16 dense weights, through both the streaming products (short prompts) and the GEMM path
+/// (long ones): the logits move from the f32 reference by a small fraction of their spread.
+#[test]
+fn bf16_weights_stay_close_to_transformers() {
+    let (model, reference) = load_as(WeightPrecision::Bf16);
+    let mut worst = 0f32;
+    for case in reference["prompts"].as_array().unwrap() {
+        let prompt = tokens(&case["tokens"]);
+        let logits = model
+            .logits(&model.forward(&prompt, &mut KvCache::default()).unwrap())
+            .unwrap();
+        let last = logits.i(prompt.len() - 1).unwrap();
+        let want = floats(&case["last_logits_at_probe"]);
+        let spread = want.iter().fold(f32::MIN, |a, &b| a.max(b)) - want.iter().fold(f32::MAX, |a, &b| a.min(b));
+        for (&index, want) in tokens(&case["probe_indices"]).iter().zip(&want) {
+            let got: f32 = last.i(index as usize).unwrap().to_scalar().unwrap();
+            worst = worst.max((got - want).abs() / spread);
+        }
+    }
+    eprintln!("bf16: worst logit error {worst:.4} of the spread");
+    assert!(worst < 0.02, "bf16 logits off by {worst} of their spread");
+    assert!(worst > 0.0, "bf16 weights gave exactly the f32 logits: were they rounded at all?");
+
+    // Past 16 rows the products widen the weights for candle's GEMM.
+    let (f32_model, _) = load();
+    let long: Vec<u32> = (0..40).map(|i| (i * 7919) % 50_000).collect();
+    let last = |model: &Gpt2| {
+        let hidden = model.forward(&long, &mut KvCache::default()).unwrap();
+        model.logits(&hidden.i(long.len() - 1..).unwrap()).unwrap().flatten_all().unwrap()
+    };
+    let (got, want) = (last(&model), last(&f32_model));
+    let spread: f32 = (want.max(0).unwrap() - want.min(0).unwrap()).unwrap().to_scalar().unwrap();
+    let error: f32 = (got - want).unwrap().abs().unwrap().max(0).unwrap().to_scalar().unwrap();
+    eprintln!("bf16, 40-token prompt: worst logit error {:.4} of the spread", error / spread);
+    assert!(error / spread < 0.02, "bf16 long-prompt logits off by {} of their spread", error / spread);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use text::retrieval::{search, Bm25Index, Bm25Params, Reranker, SearchOptions};
-use text::{embed, GenerateOptions, Generation, Gpt2, Gpt2Tokenizer};
+use text::{embed, GenerateOptions, Generation, Gpt2, Gpt2Tokenizer, WeightPrecision};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gpt2-tiny")
@@ -15,7 +15,12 @@ fn fixture() -> PathBuf {
 
 fn load() -> (Gpt2, Gpt2Tokenizer) {
     let dir = fixture();
-    let model = Gpt2::load(&dir.join("config.json"), &dir.join("model.safetensors")).unwrap();
+    let model = Gpt2::load(
+        &dir.join("config.json"),
+        &dir.join("model.safetensors"),
+        WeightPrecision::F32,
+    )
+    .unwrap();
     (model, Gpt2Tokenizer::builtin().unwrap())
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use runtime::{ApiError, ComputeArgs, InitPhases, Metrics, ModelCard, ModelWorker};
+use runtime::{ApiError, ComputeArgs, DTypeArg, InitPhases, Metrics, ModelCard, ModelWorker};
 use serde_json::json;
 use tokio::sync::oneshot;
 use vision::{DecodeLimits, Head, ImageClassifier, ImageOutput, ModelConfig, VisionError};
@@ -53,7 +53,7 @@ pub enum LoadError {
 
 /// Resolves, loads, builds and warms up the classifier, timing each step.
 pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifier, ModelCard), LoadError> {
-    args.compute.require_cpu_f32().map_err(LoadError::Unsupported)?;
+    args.compute.require_cpu(&[DTypeArg::F32]).map_err(LoadError::Unsupported)?;
     let source: hub::ModelSource = args.model.parse()?;
     let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
         Ok((source.fetch("config.json")?, source.fetch("model.safetensors")?))

@@ -51,21 +51,24 @@ pub struct ComputeArgs {
     #[arg(long, env = "DEVICE", default_value = "auto")]
     pub device: DeviceArg,
 
-    /// Weights and activations type.
+    /// Weights type (on the CPU, activations are f32 whatever the weights).
     #[arg(long, env = "DTYPE", value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
 }
 
 impl ComputeArgs {
-    /// This build computes on the CPU in f32; anything else is refused at start, with the way out.
-    pub fn require_cpu_f32(&self) -> Result<(), String> {
+    /// This build computes on the CPU, with the weight types in `supported` (what the model's
+    /// kernels have); anything else is refused at start, with the way out.
+    pub fn require_cpu(&self, supported: &[DTypeArg]) -> Result<(), String> {
         if let DeviceArg::Cuda(_) = self.device {
             return Err("this build has no CUDA support; run with --device cpu (or auto)".into());
         }
-        if self.dtype != DTypeArg::F32 {
+        if !supported.contains(&self.dtype) {
+            let choices: Vec<String> = supported.iter().map(|d| format!("--dtype {d}")).collect();
             return Err(format!(
-                "--dtype {} is not supported by this build's CPU kernels; use --dtype f32",
-                self.dtype
+                "--dtype {} is not supported by this model's CPU kernels; use {}",
+                self.dtype,
+                choices.join(" or ")
             ));
         }
         Ok(())

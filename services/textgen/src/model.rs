@@ -5,11 +5,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
-use runtime::{ComputeArgs, InitPhases, JobQueue, Metrics, ModelCard, ModelWorker};
+use runtime::{ComputeArgs, DTypeArg, InitPhases, JobQueue, Metrics, ModelCard, ModelWorker};
 use serde_json::json;
 use text::retrieval::{Bm25Index, Bm25Params, Corpus, CorpusError, Reranker, SearchHit};
 use text::{
     FinishReason, GenerateOptions, Generation, Gpt2, Gpt2Tokenizer, KvCache, Step, TextError, TokenLogprob,
+    WeightPrecision,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,7 +53,13 @@ pub struct TextModel {
 
 /// Resolves, loads and warms up the model, timing each step.
 pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, ModelCard), LoadError> {
-    args.compute.require_cpu_f32().map_err(LoadError::Unsupported)?;
+    args.compute
+        .require_cpu(&[DTypeArg::F32, DTypeArg::Bf16])
+        .map_err(LoadError::Unsupported)?;
+    let precision = match args.compute.dtype {
+        DTypeArg::Bf16 => WeightPrecision::Bf16,
+        _ => WeightPrecision::F32,
+    };
     let source: hub::ModelSource = args.model.parse()?;
     let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
         Ok((source.fetch("config.json")?, source.fetch("model.safetensors")?))
@@ -65,7 +72,9 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
             let started = std::time::Instant::now();
             (load_tokenizer(&source), started.elapsed())
         });
-        let gpt2 = phases.run("load_weights", || Gpt2::load(&config_path, &weights_path));
+        let gpt2 = phases.run("load_weights", || {
+            Gpt2::load(&config_path, &weights_path, precision)
+        });
         let (tokenizer, took) = tokenizer.join().unwrap_or_else(|_| {
             (
                 Err(LoadError::Unsupported("the tokenizer thread panicked".into())),
