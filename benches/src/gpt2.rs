@@ -1,11 +1,14 @@
 //! GPT-2 greedy decoding speed at batch 1: prefill time for a prompt and tokens per second
 //! for the decode steps, on the weights of a directory (see `scripts/make_random_gpt2.py`).
-//! `scripts/reference/bench_gpt2.py` runs it beside Hugging Face `transformers`.
+//! Decoding reads every dense weight once per token, so it also measures this machine's read
+//! bandwidth and prints the fraction of the floor it reaches (weight bytes per token over
+//! bandwidth). `scripts/reference/bench_gpt2.py` runs it beside `transformers` and llama.cpp.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use rayon::prelude::*;
 use text::{Gpt2, KvCache, WeightPrecision};
 
 #[derive(Parser)]
@@ -25,6 +28,28 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// Best of five parallel sums over 1 GiB: the rate at which all cores together read memory.
+fn read_bandwidth() -> f64 {
+    let buffer = vec![1f32; 1 << 28];
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let sum: f32 = buffer
+                .par_chunks(1 << 16)
+                .map(|chunk| {
+                    let mut lanes = [0f32; 32];
+                    for block in chunk.chunks_exact(32) {
+                        lanes.iter_mut().zip(block).for_each(|(l, x)| *l += x);
+                    }
+                    lanes.iter().sum::<f32>()
+                })
+                .sum();
+            std::hint::black_box(sum);
+            (buffer.len() * 4) as f64 / start.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,18 +79,29 @@ fn main() -> anyhow::Result<()> {
     }
     let decode = start.elapsed().as_secs_f64();
     let tokens_per_s = args.tokens as f64 / decode;
+    let config = model.config();
+    let dense = config.n_layer * 12 * config.n_embd * config.n_embd + config.vocab_size * config.n_embd;
+    let bytes_per_token = dense * if args.bf16 { 2 } else { 4 };
+    let bandwidth = read_bandwidth();
+    let floor = bandwidth / bytes_per_token as f64;
     if args.json {
         println!(
             "{}",
             serde_json::json!({"engine": engine, "prefill_tokens": args.prompt, "prefill_ms": prefill * 1e3,
-                "decode_tokens": args.tokens, "decode_tokens_per_s": tokens_per_s})
+                "decode_tokens": args.tokens, "decode_tokens_per_s": tokens_per_s,
+                "weight_bytes_per_token": bytes_per_token, "read_bandwidth_gb_s": bandwidth / 1e9,
+                "floor_tokens_per_s": floor})
         );
     } else {
         println!(
-            "{engine}  prefill {} tokens: {:.1} ms   decode: {tokens_per_s:.1} tokens/s ({} tokens)",
+            "{engine}  prefill {} tokens: {:.1} ms   decode: {tokens_per_s:.1} tokens/s ({} tokens), \
+             {:.0}% of the floor ({:.0} MB per token at {:.1} GB/s read: {floor:.1} tokens/s)",
             args.prompt,
             prefill * 1e3,
-            args.tokens
+            args.tokens,
+            100.0 * tokens_per_s / floor,
+            bytes_per_token as f64 / 1e6,
+            bandwidth / 1e9,
         );
     }
     Ok(())

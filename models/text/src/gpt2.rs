@@ -76,10 +76,61 @@ impl Gpt2Config {
 }
 
 /// Keys and values of every layer for the tokens seen so far; one per generation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
     len: usize,
+}
+
+/// One layer's keys and values, (heads, capacity, head_dim) each, of which the first positions
+/// are filled. New positions are written in place and the buffers grow by doubling: appending
+/// by concatenation copied the whole cache at every decode step, into a fresh buffer larger
+/// than the last (so the allocator faulted in new pages every time).
+#[derive(Debug)]
+struct LayerCache {
+    keys: Tensor,
+    values: Tensor,
+}
+
+/// Positions a layer cache starts with.
+const MIN_CACHE_CAPACITY: usize = 64;
+
+impl LayerCache {
+    /// Writes `keys` and `values` (heads, new, head_dim) after the `past` positions of `slot`,
+    /// growing it as needed; answers views of all `past + new` keys and values.
+    fn append(
+        slot: &mut Option<LayerCache>,
+        past: usize,
+        keys: &Tensor,
+        values: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (heads, new, head_dim) = keys.dims3()?;
+        let total = past + new;
+        let cache = match slot.take() {
+            Some(cache) if cache.keys.dim(1)? >= total => cache,
+            old => {
+                let capacity = total.next_power_of_two().max(MIN_CACHE_CAPACITY);
+                let grown = LayerCache {
+                    keys: Tensor::zeros((heads, capacity, head_dim), DType::F32, &Device::Cpu)?,
+                    values: Tensor::zeros((heads, capacity, head_dim), DType::F32, &Device::Cpu)?,
+                };
+                if let Some(old) = old.filter(|_| past > 0) {
+                    grown
+                        .keys
+                        .slice_set(&old.keys.narrow(1, 0, past)?.contiguous()?, 1, 0)?;
+                    grown
+                        .values
+                        .slice_set(&old.values.narrow(1, 0, past)?.contiguous()?, 1, 0)?;
+                }
+                grown
+            }
+        };
+        cache.keys.slice_set(keys, 1, past)?;
+        cache.values.slice_set(values, 1, past)?;
+        let views = (cache.keys.narrow(1, 0, total)?, cache.values.narrow(1, 0, total)?);
+        *slot = Some(cache);
+        Ok(views)
+    }
 }
 
 impl KvCache {
@@ -242,14 +293,13 @@ impl Gpt2 {
         let start = cache.len;
         self.check(tokens, start)?;
         if cache.layers.is_empty() {
-            cache.layers = vec![None; self.config.n_layer];
+            cache.layers.resize_with(self.config.n_layer, || None);
         }
         let positions: Vec<u32> = (start as u32..(start + tokens.len()) as u32).collect();
         let mut x = self.embed(tokens, &positions)?;
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
-            let (attended, keys_values) = self.attention(&qkv, layer_cache.take())?;
-            *layer_cache = Some(keys_values);
+            let attended = self.attention(&qkv, Some((layer_cache, start)))?;
             x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
         }
         cache.len = start + tokens.len();
@@ -280,7 +330,7 @@ impl Gpt2 {
             let attended = spans
                 .iter()
                 .filter(|(_, len)| *len > 0)
-                .map(|&(offset, len)| Ok(self.attention(&qkv.narrow(0, offset, len)?, None)?.0))
+                .map(|&(offset, len)| self.attention(&qkv.narrow(0, offset, len)?, None))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let attended = Tensor::cat(&attended, 0)?;
             x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
@@ -307,7 +357,7 @@ impl Gpt2 {
         for (&token, cache) in tokens.iter().zip(caches.iter_mut()) {
             self.check(&[token], cache.len)?;
             if cache.layers.is_empty() {
-                cache.layers = vec![None; self.config.n_layer];
+                cache.layers.resize_with(self.config.n_layer, || None);
             }
         }
         let positions: Vec<u32> = caches.iter().map(|c| c.len as u32).collect();
@@ -316,9 +366,8 @@ impl Gpt2 {
             let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
             let mut attended = Vec::with_capacity(tokens.len());
             for (row, cache) in caches.iter_mut().enumerate() {
-                let (rows, keys_values) =
-                    self.attention(&qkv.narrow(0, row, 1)?, cache.layers[layer].take())?;
-                cache.layers[layer] = Some(keys_values);
+                let past = cache.len;
+                let rows = self.attention(&qkv.narrow(0, row, 1)?, Some((&mut cache.layers[layer], past)))?;
                 attended.push(rows);
             }
             let attended = Tensor::cat(&attended, 0)?;
@@ -357,13 +406,14 @@ impl Gpt2 {
             .add(&self.wpe.index_select(&positions, 0)?)
     }
 
-    /// Causal self-attention of one sequence's new rows `qkv` (new, 3 x n_embd) after the
-    /// `past` keys and values; answers the attended rows (new, n_embd) and all keys and values.
+    /// Causal self-attention of one sequence's new rows `qkv` (new, 3 x n_embd), after the
+    /// `past` positions of a layer cache that takes the new keys and values, or alone; answers
+    /// the attended rows (new, n_embd).
     fn attention(
         &self,
         qkv: &Tensor,
-        past: Option<(Tensor, Tensor)>,
-    ) -> candle_core::Result<(Tensor, (Tensor, Tensor))> {
+        cache: Option<(&mut Option<LayerCache>, usize)>,
+    ) -> candle_core::Result<Tensor> {
         let new = qkv.dim(0)?;
         let d = self.config.n_embd;
         let heads = self.config.n_head;
@@ -375,16 +425,15 @@ impl Gpt2 {
                 .contiguous()
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let (k, v) = match past {
-            Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 1)?, Tensor::cat(&[&past_v, &v], 1)?),
+        let (k, v) = match cache {
+            Some((slot, past)) => LayerCache::append(slot, past, &k, &v)?,
             None => (k, v),
         };
         let past_len = k.dim(1)? - new;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(new, past_len)?)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let attended = weights.matmul(&v)?.transpose(0, 1)?.reshape((new, d))?;
-        Ok((attended, (k, v)))
+        weights.matmul(&v)?.transpose(0, 1)?.reshape((new, d))
     }
 
     /// (rows, vocab) next-token logits of final hidden states (the head tied to the token

@@ -24,8 +24,17 @@ const ROW_GROUP: usize = 4;
 const VOCAB_BLOCK: usize = 512;
 
 /// A weight element: f32, or bf16 widened on the fly (half the bytes to stream).
-trait Weight: Copy + Send + Sync {
+trait Weight: Copy + Send + Sync + Sized {
     fn widen(self) -> f32;
+
+    /// `sums += x[0] * rows[0] + ... + x[3] * rows[3]`, element-wise.
+    #[inline(always)]
+    fn accumulate4(x: [f32; 4], rows: [&[Self]; 4], sums: &mut [f32]) {
+        let [w0, w1, w2, w3] = rows;
+        for ((((y, a), b), c), d) in sums.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+            *y += x[0] * a.widen() + x[1] * b.widen() + x[2] * c.widen() + x[3] * d.widen();
+        }
+    }
 }
 
 impl Weight for f32 {
@@ -40,6 +49,36 @@ impl Weight for bf16 {
     #[inline(always)]
     fn widen(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
+    }
+
+    /// The compiler's vectorisation of the widening loop streams bf16 at about 11 GB/s here
+    /// against f32's 17; written out with AVX2 it reaches 13-14.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[inline(always)]
+    fn accumulate4(x: [f32; 4], rows: [&[Self]; 4], sums: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let vectors = sums.len() / 8 * 8;
+        assert!(rows.iter().all(|row| row.len() >= vectors));
+        // SAFETY: AVX2 and FMA are enabled at compile time (the cfg above); every load reads
+        // 8 elements at `j < vectors`, within each row (asserted) and within `sums`.
+        unsafe {
+            let xs = x.map(|v| _mm256_set1_ps(v));
+            for j in (0..vectors).step_by(8) {
+                let mut acc = _mm256_loadu_ps(sums.as_ptr().add(j));
+                for (row, &xv) in rows.iter().zip(&xs) {
+                    let raw = _mm_loadu_si128(row.as_ptr().add(j).cast());
+                    let wide = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+                    acc = _mm256_fmadd_ps(xv, wide, acc);
+                }
+                _mm256_storeu_ps(sums.as_mut_ptr().add(j), acc);
+            }
+        }
+        for (j, y) in sums.iter_mut().enumerate().skip(vectors) {
+            *y += x[0] * rows[0][j].widen()
+                + x[1] * rows[1][j].widen()
+                + x[2] * rows[2][j].widen()
+                + x[3] * rows[3][j].widen();
+        }
     }
 }
 
@@ -123,9 +162,7 @@ fn accumulate<W: Weight>(xs: &[f32], block: &[W], sums: &mut [f32]) {
         let (w0, rest) = block.split_at(outputs);
         let (w1, rest) = rest.split_at(outputs);
         let (w2, w3) = rest.split_at(outputs);
-        for ((((y, a), b), c), d) in sums.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-            *y += x0 * a.widen() + x1 * b.widen() + x2 * c.widen() + x3 * d.widen();
-        }
+        W::accumulate4([x0, x1, x2, x3], [w0, w1, w2, w3], sums);
     } else {
         for (&x, row) in xs.iter().zip(block.chunks_exact(outputs)) {
             sums.iter_mut().zip(row).for_each(|(y, w)| *y += x * w.widen());
@@ -243,7 +280,16 @@ mod tests {
     }
 
     fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     /// Every row count up to and past [`SMALL_ROWS`], input widths that are and are not a

@@ -18,7 +18,12 @@ fn load() -> (Gpt2, Value) {
 
 fn load_as(precision: WeightPrecision) -> (Gpt2, Value) {
     let dir = fixture();
-    let model = Gpt2::load(&dir.join("config.json"), &dir.join("model.safetensors"), precision).unwrap();
+    let model = Gpt2::load(
+        &dir.join("config.json"),
+        &dir.join("model.safetensors"),
+        precision,
+    )
+    .unwrap();
     let reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     (model, reference)
@@ -59,7 +64,8 @@ fn bf16_weights_stay_close_to_transformers() {
             .unwrap();
         let last = logits.i(prompt.len() - 1).unwrap();
         let want = floats(&case["last_logits_at_probe"]);
-        let spread = want.iter().fold(f32::MIN, |a, &b| a.max(b)) - want.iter().fold(f32::MAX, |a, &b| a.min(b));
+        let spread =
+            want.iter().fold(f32::MIN, |a, &b| a.max(b)) - want.iter().fold(f32::MAX, |a, &b| a.min(b));
         for (&index, want) in tokens(&case["probe_indices"]).iter().zip(&want) {
             let got: f32 = last.i(index as usize).unwrap().to_scalar().unwrap();
             worst = worst.max((got - want).abs() / spread);
@@ -67,20 +73,44 @@ fn bf16_weights_stay_close_to_transformers() {
     }
     eprintln!("bf16: worst logit error {worst:.4} of the spread");
     assert!(worst < 0.02, "bf16 logits off by {worst} of their spread");
-    assert!(worst > 0.0, "bf16 weights gave exactly the f32 logits: were they rounded at all?");
+    assert!(
+        worst > 0.0,
+        "bf16 weights gave exactly the f32 logits: were they rounded at all?"
+    );
 
     // Past 16 rows the products widen the weights for candle's GEMM.
     let (f32_model, _) = load();
     let long: Vec<u32> = (0..40).map(|i| (i * 7919) % 50_000).collect();
     let last = |model: &Gpt2| {
         let hidden = model.forward(&long, &mut KvCache::default()).unwrap();
-        model.logits(&hidden.i(long.len() - 1..).unwrap()).unwrap().flatten_all().unwrap()
+        model
+            .logits(&hidden.i(long.len() - 1..).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
     };
     let (got, want) = (last(&model), last(&f32_model));
-    let spread: f32 = (want.max(0).unwrap() - want.min(0).unwrap()).unwrap().to_scalar().unwrap();
-    let error: f32 = (got - want).unwrap().abs().unwrap().max(0).unwrap().to_scalar().unwrap();
-    eprintln!("bf16, 40-token prompt: worst logit error {:.4} of the spread", error / spread);
-    assert!(error / spread < 0.02, "bf16 long-prompt logits off by {} of their spread", error / spread);
+    let spread: f32 = (want.max(0).unwrap() - want.min(0).unwrap())
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let error: f32 = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    eprintln!(
+        "bf16, 40-token prompt: worst logit error {:.4} of the spread",
+        error / spread
+    );
+    assert!(
+        error / spread < 0.02,
+        "bf16 long-prompt logits off by {} of their spread",
+        error / spread
+    );
 }
 
 #[test]
@@ -211,4 +241,31 @@ fn context_overflow_is_an_error() {
         .forward(&vec![0; 1025], &mut KvCache::default())
         .unwrap_err();
     assert!(err.to_string().contains("1025"), "{err}");
+}
+
+/// Token-by-token decoding through the cache (which grows past its first 64 and 128
+/// positions) gives the hidden states of one pass over the whole sequence.
+#[test]
+fn decoding_through_a_growing_cache_equals_one_pass() {
+    let (model, _) = load();
+    let tokens: Vec<u32> = (0..150u32).map(|i| (i * 7919) % 50_000).collect();
+    let whole = model.forward(&tokens, &mut KvCache::default()).unwrap();
+    let mut cache = KvCache::default();
+    model.forward(&tokens[..10], &mut cache).unwrap();
+    for (position, &token) in tokens.iter().enumerate().skip(10) {
+        let step = model.forward(&[token], &mut cache).unwrap();
+        let want = whole.i(position..position + 1).unwrap();
+        let error: f32 = (step - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(error < 1e-4, "position {position}: {error}");
+    }
+    assert_eq!(cache.len(), tokens.len());
 }

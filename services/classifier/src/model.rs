@@ -53,7 +53,9 @@ pub enum LoadError {
 
 /// Resolves, loads, builds and warms up the classifier, timing each step.
 pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifier, ModelCard), LoadError> {
-    args.compute.require_cpu(&[DTypeArg::F32]).map_err(LoadError::Unsupported)?;
+    args.compute
+        .require_cpu(&[DTypeArg::F32])
+        .map_err(LoadError::Unsupported)?;
     let source: hub::ModelSource = args.model.parse()?;
     let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
         Ok((source.fetch("config.json")?, source.fetch("model.safetensors")?))
