@@ -153,7 +153,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::matvec::matmul(x, &self.weight)?.broadcast_add(&self.bias)
+        crate::matvec::linear(x, &self.weight, &self.bias)
     }
 }
 
@@ -431,7 +431,13 @@ impl Gpt2 {
         };
         let past_len = k.dim(1)? - new;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(new, past_len)?)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        // One new row sees every position: its mask would be all zeros.
+        let scores = if new == 1 {
+            scores
+        } else {
+            scores.broadcast_add(&causal_mask(new, past_len)?)?
+        };
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         weights.matmul(&v)?.transpose(0, 1)?.reshape((new, d))
     }
