@@ -429,15 +429,12 @@ impl Gpt2 {
             Some((slot, past)) => LayerCache::append(slot, past, &k, &v)?,
             None => (k, v),
         };
+        if new == 1 {
+            return crate::attention::attend_one(&q.squeeze(1)?, &k, &v);
+        }
         let past_len = k.dim(1)? - new;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        // One new row sees every position: its mask would be all zeros.
-        let scores = if new == 1 {
-            scores
-        } else {
-            scores.broadcast_add(&causal_mask(new, past_len)?)?
-        };
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(new, past_len)?)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         weights.matmul(&v)?.transpose(0, 1)?.reshape((new, d))
     }
