@@ -51,11 +51,11 @@ pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, HubErro
         path: path.to_path_buf(),
         reason,
     };
-    let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+    let handle = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
     // SAFETY: the map is read-only and dropped before returning; every tensor is copied out of
     // it. A file truncated by another process meanwhile could fault; model files are not
     // rewritten in place.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| unreadable(e.to_string()))?;
+    let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| unreadable(e.to_string()))?;
     let file = safetensors::SafeTensors::deserialize(&map).map_err(|e| unreadable(e.to_string()))?;
     let names: Vec<&str> = file.names();
     names
@@ -63,7 +63,10 @@ pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, HubErro
         .map(|name| {
             let view = file.tensor(name).map_err(|e| unreadable(e.to_string()))?;
             let tensor = match view.dtype() {
-                safetensors::Dtype::F32 => f32_tensor(&view),
+                safetensors::Dtype::F32 => {
+                    let offset = view.data().as_ptr() as usize - map.as_ptr() as usize;
+                    f32_tensor(&handle, offset as u64, &view)
+                }
                 _ => view.load(&Device::Cpu),
             }
             .map_err(|e| unreadable(e.to_string()))?;
@@ -72,22 +75,26 @@ pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, HubErro
         .collect()
 }
 
-/// An f32 tensor copied out of the map into memory backed by huge pages where the kernel
-/// grants them: filling 500 MB of fresh 4 KiB pages costs a page fault each, which dominated
-/// GPT-2's start-up. Large tensors are copied in slices on every core: GPT-2's token embedding
-/// alone is a third of its bytes, and copied by one thread it set the pace of the whole load.
-fn f32_tensor(view: &safetensors::tensor::TensorView<'_>) -> candle_core::Result<Tensor> {
+/// An f32 tensor read from the file (at `offset`, the bytes `view` maps) into memory backed by
+/// huge pages where the kernel grants them: filling 500 MB of fresh 4 KiB pages costs a page
+/// fault each, which dominated GPT-2's start-up. Reading rather than copying out of the map
+/// spares mapping (and unmapping) every page of the file. Large tensors are read in slices on
+/// every core: GPT-2's token embedding alone is a third of its bytes.
+fn f32_tensor(
+    file: &std::fs::File,
+    offset: u64,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> candle_core::Result<Tensor> {
+    use std::os::unix::fs::FileExt;
+
     use rayon::prelude::*;
 
     /// Values per parallel slice (1 MiB).
     const SLICE: usize = 1 << 18;
 
-    let bytes = view.data();
-    if bytes.len() % 4 != 0 {
-        candle_core::bail!("an f32 tensor of {} bytes", bytes.len())
-    }
-    let len = bytes.len() / 4;
-    let mut values: Vec<f32> = Vec::with_capacity(len);
+    let len = view.data().len() / 4;
+    // Zeroed by the kernel when the allocation is fresh, so the zeros cost nothing here.
+    let mut values = vec![0f32; len];
     let start = values.as_mut_ptr() as usize;
     let page = 4096;
     let aligned = start.next_multiple_of(page);
@@ -102,18 +109,21 @@ fn f32_tensor(view: &safetensors::tensor::TensorView<'_>) -> candle_core::Result
             );
         }
     }
-    // Safetensors stores little-endian values.
-    values.spare_capacity_mut()[..len]
+    values
         .par_chunks_mut(SLICE)
-        .zip(bytes.par_chunks(4 * SLICE))
-        .for_each(|(out, bytes)| {
-            for (slot, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                slot.write(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        .enumerate()
+        .try_for_each(|(i, slice)| {
+            // Safetensors stores little-endian values: on a little-endian machine the bytes
+            // are the values.
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(slice);
+            file.read_exact_at(bytes, offset + (i * SLICE * 4) as u64)?;
+            if cfg!(target_endian = "big") {
+                slice
+                    .iter_mut()
+                    .for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes()));
             }
-        });
-    // SAFETY: every one of the first `len` elements was written just above (the slices of
-    // `out` and of `bytes` pair up one to one, four bytes per value).
-    unsafe { values.set_len(len) };
+            Ok::<_, std::io::Error>(())
+        })?;
     Tensor::from_vec(values, view.shape(), &Device::Cpu)
 }
 

@@ -60,7 +60,8 @@ impl Gpt2Tokenizer {
     }
 
     fn from_parts(vocab_json: &[u8], merges_txt: &[u8]) -> Result<Self, TextError> {
-        let vocab: std::collections::HashMap<String, u32> =
+        // Parsed straight into the map the BPE keeps (it hashes with aHash, not std's SipHash).
+        let vocab: std::collections::HashMap<String, u32, ahash::RandomState> =
             serde_json::from_slice(vocab_json).map_err(tokenizer_error)?;
         let merges_txt = std::str::from_utf8(merges_txt).map_err(tokenizer_error)?;
         let merges = merges_txt
@@ -72,9 +73,16 @@ impl Gpt2Tokenizer {
                     .ok_or_else(|| tokenizer_error(format!("bad merge line `{line}`")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let vocab: ahash::AHashMap<String, u32> = vocab.into_iter().collect();
+        // The byte table comes from the vocabulary in hand: asking the built tokenizer for each
+        // of its 50,257 tokens (a lookup and a copy each) was a fifth of the tokenizer's build.
+        let unicode_to_byte = unicode_to_byte();
+        let size = vocab.values().max().map_or(0, |&id| id as usize + 1);
+        let mut token_bytes = vec![Vec::new(); size];
+        for (token, &id) in &vocab {
+            token_bytes[id as usize] = token.chars().map(|c| token_byte(&unicode_to_byte, c)).collect();
+        }
         let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
+            .vocab_and_merges(ahash::AHashMap::from(vocab), merges)
             .build()
             .map_err(tokenizer_error)?;
         let mut tokenizer = Tokenizer::new(bpe);
@@ -83,7 +91,14 @@ impl Gpt2Tokenizer {
         tokenizer
             .add_special_tokens([AddedToken::from(END_OF_TEXT, true)])
             .map_err(tokenizer_error)?;
-        Self::new(tokenizer)
+        if tokenizer.get_vocab_size(true) != size {
+            // `<|endoftext|>` was not in the vocabulary: rebuild the table from the tokenizer.
+            return Self::new(tokenizer);
+        }
+        Ok(Self {
+            inner: tokenizer,
+            token_bytes,
+        })
     }
 
     fn new(inner: Tokenizer) -> Result<Self, TextError> {
@@ -95,10 +110,7 @@ impl Gpt2Tokenizer {
                 if inner.get_added_vocabulary().is_special_token(&token) {
                     return token.into_bytes();
                 }
-                token
-                    .chars()
-                    .map(|c| unicode_to_byte.get(&c).copied().unwrap_or(b'?'))
-                    .collect()
+                token.chars().map(|c| token_byte(&unicode_to_byte, c)).collect()
             })
             .collect();
         Ok(Self { inner, token_bytes })
@@ -134,21 +146,27 @@ impl Gpt2Tokenizer {
     }
 }
 
-/// GPT-2's byte-to-character table (`bytes_to_unicode`), inverted.
-fn unicode_to_byte() -> std::collections::HashMap<char, u8> {
+/// GPT-2's byte-to-character table (`bytes_to_unicode`), inverted and indexed by character
+/// code (every character of the table is below U+0144).
+fn unicode_to_byte() -> Vec<Option<u8>> {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    let mut next = 256u32;
-    (0..=255u8)
-        .map(|b| {
-            let c = if printable(b) {
-                char::from(b)
-            } else {
-                next += 1;
-                char::from_u32(next - 1).unwrap_or('?')
-            };
-            (c, b)
-        })
-        .collect()
+    let mut table = vec![None; 0x144];
+    let mut next = 256usize;
+    for b in 0..=255u8 {
+        let code = if printable(b) {
+            usize::from(b)
+        } else {
+            next += 1;
+            next - 1
+        };
+        table[code] = Some(b);
+    }
+    table
+}
+
+/// The byte a token character stands for (`?` for a character outside GPT-2's table).
+fn token_byte(table: &[Option<u8>], c: char) -> u8 {
+    table.get(c as usize).copied().flatten().unwrap_or(b'?')
 }
 
 /// Turns token bytes into text as tokens arrive, holding back an incomplete UTF-8 character
@@ -230,9 +248,9 @@ mod tests {
     #[test]
     fn byte_table_covers_every_byte() {
         let table = unicode_to_byte();
-        assert_eq!(table.len(), 256);
-        assert_eq!(table[&'Ġ'], b' ');
-        assert_eq!(table[&'Ċ'], b'\n');
-        assert_eq!(table[&'!'], b'!');
+        assert_eq!(table.iter().flatten().count(), 256);
+        assert_eq!(token_byte(&table, 'Ġ'), b' ');
+        assert_eq!(token_byte(&table, 'Ċ'), b'\n');
+        assert_eq!(token_byte(&table, '!'), b'!');
     }
 }
