@@ -46,6 +46,8 @@ fn random(shape: &[usize]) -> Tensor {
 /// MobileNetV2's depthwise 3x3 layers: the first (32 channels at 112x112) and a late one
 /// (960 channels at 7x7), stride 1, batch 1.
 fn depthwise(c: &mut Criterion) {
+    // The first group to run: the thread count is pinned as the services pin it.
+    runtime::pin_compute_threads();
     let mut group = c.benchmark_group("depthwise_3x3");
     for (channels, side) in [(32, 112), (144, 56), (960, 7)] {
         let x = random(&[1, side, side, channels]);

@@ -53,6 +53,7 @@ fn read_bandwidth() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    runtime::pin_compute_threads();
     let args = Args::parse();
     let (precision, engine) = if args.bf16 {
         (WeightPrecision::Bf16, "candle (ours) bf16")

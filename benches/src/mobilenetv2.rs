@@ -25,6 +25,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    runtime::pin_compute_threads();
     let args = Args::parse();
     let classifier = ImageClassifier::load(
         &args.model.join("config.json"),

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod phases;
 pub mod server;
 pub mod telemetry;
+pub mod threads;
 pub mod worker;
 
 pub use config::{ComputeArgs, DTypeArg, DeviceArg, ServeArgs};
@@ -15,6 +16,7 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 pub use phases::{InitPhases, Phase};
 pub use server::{app, run, sha256_file, shutdown_signal, ModelCard, ServiceContext};
+pub use threads::pin_compute_threads;
 pub use worker::{JobQueue, ModelWorker};
 
 /// Binds the service's port (the last init phase: nothing listens before the model is ready).

@@ -88,6 +88,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    runtime::pin_compute_threads();
     let cli = Cli::parse();
     let mode = match cli.command {
         Command::Serve { .. } => runtime::telemetry::LogMode::Service,
