@@ -40,9 +40,10 @@ pub enum HubError {
     Weights { path: PathBuf, reason: String },
 }
 
-/// Reads every tensor of a safetensors file onto the CPU: the file is memory-mapped and each
-/// tensor copied out of the map, on all cores (the copies, and the page faults of the fresh
-/// buffers they fill, are what loading costs).
+/// Reads every tensor of a safetensors file onto the CPU, on all cores: the file is
+/// memory-mapped for its header, f32 tensors are read from it into fresh buffers, others copied
+/// out of the map (the copies, and the page faults of the fresh buffers they fill, are what
+/// loading costs).
 pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, HubError> {
     use candle_core::safetensors::Load;
     use rayon::prelude::*;
@@ -52,9 +53,9 @@ pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, HubErro
         reason,
     };
     let handle = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
-    // SAFETY: the map is read-only and dropped before returning; every tensor is copied out of
-    // it. A file truncated by another process meanwhile could fault; model files are not
-    // rewritten in place.
+    // SAFETY: the map is read-only and dropped before returning; the header is parsed from it
+    // and f32 tensors are read from the file, other types copied out of it. A file truncated by
+    // another process meanwhile could fault; model files are not rewritten in place.
     let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| unreadable(e.to_string()))?;
     let file = safetensors::SafeTensors::deserialize(&map).map_err(|e| unreadable(e.to_string()))?;
     let names: Vec<&str> = file.names();

@@ -17,7 +17,7 @@ use crate::TextError;
 
 /// How the dense weights are held in memory. Decoding reads every dense weight once per step,
 /// so bf16 (half the bytes) decodes up to twice as fast; each weight is rounded to 8 bits of
-/// mantissa, so logits move by about a percent of their spread.
+/// mantissa, which moves the logits by a few tenths of a percent of their spread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightPrecision {
     #[default]
