@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{IndexOp, D};
+use candle_core::{IndexOp, Tensor, D};
 use serde_json::Value;
 use text::{Gpt2, KvCache, WeightPrecision};
 
@@ -45,6 +45,18 @@ fn floats(value: &Value) -> Vec<f32> {
         .iter()
         .map(|t| t.as_f64().unwrap() as f32)
         .collect()
+}
+
+/// The largest element-wise difference of two tensors of the same shape.
+fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn assert_close(got: f32, want: f32, what: &str) {
@@ -94,14 +106,7 @@ fn bf16_weights_stay_close_to_transformers() {
         .unwrap()
         .to_scalar()
         .unwrap();
-    let error: f32 = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let error = max_difference(&got, &want);
     eprintln!(
         "bf16, 40-token prompt: worst logit error {:.4} of the spread",
         error / spread
@@ -220,16 +225,7 @@ fn a_batch_of_sequences_equals_each_sequence_alone() {
     assert_eq!(hidden[1].dims(), [0, 16]);
     for (tokens, batched) in batch.iter().zip(&hidden).filter(|(t, _)| !t.is_empty()) {
         let alone = model.forward(tokens, &mut KvCache::default()).unwrap();
-        let diff: f32 = (alone - batched)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_difference(&alone, batched);
         assert!(diff < 1e-5, "{tokens:?}: batched hidden states differ by {diff}");
     }
 }
@@ -255,16 +251,7 @@ fn decoding_through_a_growing_cache_equals_one_pass() {
     for (position, &token) in tokens.iter().enumerate().skip(10) {
         let step = model.forward(&[token], &mut cache).unwrap();
         let want = whole.i(position..position + 1).unwrap();
-        let error: f32 = (step - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let error = max_difference(&step, &want);
         assert!(error < 1e-4, "position {position}: {error}");
     }
     assert_eq!(cache.len(), tokens.len());

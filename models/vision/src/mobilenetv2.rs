@@ -383,9 +383,7 @@ mod tests {
             .unwrap()
             .abs()
             .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
+            .max_all()
             .unwrap()
             .to_scalar()
             .unwrap();
