@@ -19,6 +19,7 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use text::{Gpt2, Gpt2Tokenizer, KvCache, WeightPrecision};
+use vision::gemm::PackedWeights;
 use vision::ops::{self, Activation, ConvGeometry, Padding};
 use vision::{decode_image, DecodeLimits, ImageClassifier, ModelConfig};
 
@@ -74,15 +75,20 @@ fn depthwise(c: &mut Criterion) {
 /// A pointwise (1x1) convolution of MobileNetV2's second block: 56x56, 144 -> 24 channels.
 fn pointwise(c: &mut Criterion) {
     let x = random(&[1, 56, 56, 144]);
-    let weight = random(&[144, 24]);
-    let bias = random(&[24]);
+    let values = |tensor: Tensor| {
+        tensor
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("values")
+    };
+    let weights = PackedWeights::pack(&values(random(&[144, 24])), &values(random(&[24])), 144, 24);
     let geometry = ConvGeometry {
         kernel: 1,
         stride: 1,
         padding: Padding::Symmetric,
     };
     c.bench_function("pointwise_1x1/144to24x56x56", |b| {
-        b.iter(|| ops::conv2d(&x, &weight, &bias, geometry, Activation::Identity).expect("pointwise"))
+        b.iter(|| ops::conv2d(&x, &weights, geometry, Activation::Identity, None).expect("pointwise"))
     });
 }
 

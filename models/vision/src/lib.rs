@@ -5,7 +5,9 @@
 pub mod augment;
 pub mod config;
 pub mod dataset;
+mod depthwise;
 pub mod evaluate;
+pub mod gemm;
 pub mod head;
 pub mod image_input;
 pub mod mobilenetv2;

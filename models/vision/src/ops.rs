@@ -6,8 +6,11 @@
 //! (about 7,000 per MobileNetV2 image), which is what these kernels replace.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::depthwise;
+use crate::gemm::{self, PackedWeights};
 
 /// How a convolution pads its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,7 +50,7 @@ pub enum Activation {
 
 impl Activation {
     #[inline(always)]
-    fn apply(self, x: f32) -> f32 {
+    pub(crate) fn apply(self, x: f32) -> f32 {
         match self {
             Activation::Identity => x,
             Activation::Relu6 => x.clamp(0.0, 6.0),
@@ -63,21 +66,22 @@ pub struct ConvGeometry {
     pub padding: Padding,
 }
 
-struct Plan {
-    batch: usize,
-    height: usize,
-    width: usize,
-    channels: usize,
-    out_height: usize,
-    out_width: usize,
-    pad_top: usize,
-    pad_left: usize,
+/// A convolution's sizes for one input shape.
+pub(crate) struct Plan {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub out_height: usize,
+    pub out_width: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
 }
 
 impl Plan {
     /// The kernel taps that fall inside the image for output pixel (`oy`, `ox`), as
     /// (tap index `ky * K + kx`, input pixel index `iy * W + ix`); padding taps are skipped.
-    fn taps(
+    pub fn taps(
         &self,
         geometry: ConvGeometry,
         oy: usize,
@@ -175,45 +179,33 @@ impl CustomOp3 for DepthwiseConv {
         let x = contiguous_f32(xs, xl, "depthwise input")?;
         let w = contiguous_f32(ws, wl, "depthwise weight")?;
         let b = contiguous_f32(bs, bl, "depthwise bias")?;
-        let mut out = vec![0f32; plan.batch * plan.out_height * plan.out_width * c];
+        let image_len = plan.height * plan.width * c;
         let row_len = plan.out_width * c;
-        out.par_chunks_mut(row_len)
+        let len = plan.batch * plan.out_height * row_len;
+        let zeros = vec![0f32; plan.width * c];
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()
+            .par_chunks_mut(row_len)
             .enumerate()
             .for_each(|(row, out_row)| {
-                let n = row / plan.out_height;
-                let oy = row % plan.out_height;
-                let image = &x[n * plan.height * plan.width * c..(n + 1) * plan.height * plan.width * c];
-                depthwise_row(self, &plan, image, w, b, oy, out_row);
+                let (n, oy) = (row / plan.out_height, row % plan.out_height);
+                let image = &x[n * image_len..][..image_len];
+                depthwise::row(
+                    self.geometry,
+                    self.activation,
+                    &plan,
+                    image,
+                    &zeros,
+                    w,
+                    b,
+                    oy,
+                    out_row,
+                );
             });
+        // SAFETY: `depthwise::row` wrote every value of every row.
+        unsafe { out.set_len(len) };
         let shape = Shape::from((plan.batch, plan.out_height, plan.out_width, c));
         Ok((CpuStorage::F32(out), shape))
-    }
-}
-
-/// One output row of the depthwise convolution; the inner loop runs over contiguous channels.
-fn depthwise_row(
-    op: &DepthwiseConv,
-    plan: &Plan,
-    image: &[f32],
-    w: &[f32],
-    b: &[f32],
-    oy: usize,
-    out_row: &mut [f32],
-) {
-    let c = plan.channels;
-    for ox in 0..plan.out_width {
-        let acc = &mut out_row[ox * c..(ox + 1) * c];
-        acc.copy_from_slice(b);
-        for (tap, pixel) in plan.taps(op.geometry, oy, ox) {
-            let pixel = &image[pixel * c..][..c];
-            let tap = &w[tap * c..][..c];
-            for ((a, &p), &t) in acc.iter_mut().zip(pixel).zip(tap) {
-                *a += p * t;
-            }
-        }
-        for a in acc.iter_mut() {
-            *a = op.activation.apply(*a);
-        }
     }
 }
 
@@ -223,7 +215,7 @@ pub struct Im2Col {
     pub geometry: ConvGeometry,
 }
 
-impl candle_core::CustomOp1 for Im2Col {
+impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
         "im2col-nhwc"
     }
@@ -249,59 +241,71 @@ impl candle_core::CustomOp1 for Im2Col {
     }
 }
 
-/// Adds a per-column bias to a (rows, columns) matrix and applies an activation, in place.
-pub struct BiasActivation(pub Activation);
+/// A 1x1 convolution, or a dense one after [`Im2Col`]: the rows of `x` (.., in) times packed
+/// weights, with bias and activation, plus the residual when the op is applied to two tensors.
+struct Pointwise<'a> {
+    weights: &'a PackedWeights,
+    activation: Activation,
+}
 
-impl InplaceOp2 for BiasActivation {
+impl Pointwise<'_> {
+    fn run(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "pointwise input")?;
+        let inputs = self.weights.inputs();
+        let Some((&last, leading)) = xl.dims().split_last() else {
+            candle_core::bail!("pointwise: scalar input")
+        };
+        if last != inputs {
+            candle_core::bail!("pointwise: input {:?} does not have {inputs} channels", xl.dims())
+        }
+        let rows = leading.iter().product();
+        let out = gemm::product(x, rows, self.weights, self.activation, residual);
+        let mut dims = leading.to_vec();
+        dims.push(self.weights.outputs());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+impl CustomOp1 for Pointwise<'_> {
     fn name(&self) -> &'static str {
-        "bias-activation"
+        "pointwise-conv"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(xs, xl, None)
+    }
+}
+
+impl CustomOp2 for Pointwise<'_> {
+    fn name(&self) -> &'static str {
+        "pointwise-conv-residual"
     }
 
     fn cpu_fwd(
         &self,
-        xs: &mut CpuStorage,
+        xs: &CpuStorage,
         xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<()> {
-        let b = contiguous_f32(bs, bl, "bias")?;
-        let CpuStorage::F32(data) = xs else {
-            candle_core::bail!("bias-activation: only f32 is supported")
-        };
-        let Some((start, end)) = xl.contiguous_offsets() else {
-            candle_core::bail!("bias-activation: input must be contiguous")
-        };
-        let columns = b.len();
-        if columns == 0 || xl.dims().last() != Some(&columns) {
-            candle_core::bail!(
-                "bias-activation: bias {:?} does not match {:?}",
-                bl.dims(),
-                xl.dims()
-            )
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let residual = contiguous_f32(rs, rl, "residual")?;
+        let (out, shape) = self.run(xs, xl, Some(residual))?;
+        if rl.dims() != shape.dims() {
+            candle_core::bail!("pointwise: residual {:?} does not match {shape:?}", rl.dims())
         }
-        data[start..end]
-            .par_chunks_mut(columns.max(4096 / columns * columns))
-            .for_each(|chunk| {
-                for row in chunk.chunks_exact_mut(columns) {
-                    for (v, &bias) in row.iter_mut().zip(b) {
-                        *v = self.0.apply(*v + bias);
-                    }
-                }
-            });
-        Ok(())
+        Ok((out, shape))
     }
 }
 
-/// `activation(x @ weight + bias)` for `x` (rows, in) and `weight` (in, out).
-pub fn linear(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    activation: Activation,
-) -> candle_core::Result<Tensor> {
-    let y = x.matmul(weight)?;
-    y.inplace_op2(bias, &BiasActivation(activation))?;
-    Ok(y)
+/// `activation(x @ weight + bias)` for the rows of `x` (.., in), answering (.., out).
+pub fn linear(x: &Tensor, weights: &PackedWeights, activation: Activation) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op1_no_bwd(&Pointwise { weights, activation })
 }
 
 /// Depthwise convolution of `x` (N, H, W, C) with `weight` (K, K, C) and `bias` (C).
@@ -316,29 +320,38 @@ pub fn depthwise_conv(
         .apply_op3_no_bwd(weight, bias, &DepthwiseConv { geometry, activation })
 }
 
-/// Dense convolution of `x` (N, H, W, Cin) with `weight` (K * K * Cin, Cout) and `bias` (Cout),
-/// answering (N, OH, OW, Cout).
+/// Dense convolution of `x` (N, H, W, Cin) with packed weights (K * K * Cin, Cout), taps
+/// ordered (ky, kx, c), answering `activation(conv + bias) + residual` (N, OH, OW, Cout).
 pub fn conv2d(
     x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
+    weights: &PackedWeights,
     geometry: ConvGeometry,
     activation: Activation,
+    residual: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let (n, h, w, _) = x.dims4()?;
-    let (oh, _) = geometry
-        .padding
-        .output_and_pad_before(h, geometry.kernel, geometry.stride);
-    let (ow, _) = geometry
-        .padding
-        .output_and_pad_before(w, geometry.kernel, geometry.stride);
+    let x = x.contiguous()?;
     let patches = if geometry.kernel == 1 && geometry.stride == 1 {
-        x.flatten_to(2)?
+        x.clone()
     } else {
-        x.contiguous()?.apply_op1_no_bwd(&Im2Col { geometry })?
+        x.apply_op1_no_bwd(&Im2Col { geometry })?
     };
-    let y = linear(&patches, weight, bias, activation)?;
-    y.reshape((n, oh, ow, weight.dim(1)?))
+    let op = Pointwise { weights, activation };
+    let y = match residual {
+        Some(residual) => patches.apply_op2_no_bwd(&residual.contiguous()?, &op)?,
+        None => patches.apply_op1_no_bwd(&op)?,
+    };
+    if geometry.kernel == 1 && geometry.stride == 1 {
+        Ok(y)
+    } else {
+        let (n, h, w, _) = x.dims4()?;
+        let (oh, _) = geometry
+            .padding
+            .output_and_pad_before(h, geometry.kernel, geometry.stride);
+        let (ow, _) = geometry
+            .padding
+            .output_and_pad_before(w, geometry.kernel, geometry.stride);
+        y.reshape((n, oh, ow, weights.outputs()))
+    }
 }
 
 #[cfg(test)]
@@ -409,7 +422,7 @@ mod tests {
             .unwrap()
     }
 
-    const CASES: [(usize, usize, usize, usize, usize, Padding); 9] = [
+    const CASES: [(usize, usize, usize, usize, usize, Padding); 12] = [
         // (height, width, channels, kernel, stride, padding)
         (7, 9, 5, 3, 1, Padding::Symmetric),
         (8, 8, 16, 3, 2, Padding::Symmetric),
@@ -420,6 +433,9 @@ mod tests {
         (13, 7, 6, 5, 2, Padding::TfSame),
         (5, 5, 2, 5, 1, Padding::Symmetric),
         (1, 1, 3, 3, 1, Padding::Symmetric),
+        (6, 7, 13, 3, 1, Padding::Symmetric),
+        (9, 8, 24, 3, 2, Padding::TfSame),
+        (2, 3, 16, 3, 1, Padding::Symmetric),
     ];
 
     #[test]
@@ -467,15 +483,14 @@ mod tests {
                 .permute((2, 3, 1, 0))
                 .unwrap()
                 .reshape((k * k * c, out))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
                 .unwrap();
-            let got = conv2d(
-                &x,
-                &kernel_weight.contiguous().unwrap(),
-                &bias,
-                geometry,
-                Activation::Relu6,
-            )
-            .unwrap();
+            let bias_values = bias.to_vec1::<f32>().unwrap();
+            let packed = PackedWeights::pack(&kernel_weight, &bias_values, k * k * c, out);
+            let got = conv2d(&x, &packed, geometry, Activation::Relu6, None).unwrap();
             let diff = max_abs_diff(&got, &expected);
             assert!(diff < 1e-5, "case {i} {:?}: max difference {diff}", CASES[i]);
         }
