@@ -226,19 +226,77 @@ impl CustomOp1 for Im2Col {
         let (k, c) = (self.geometry.kernel, plan.channels);
         let patch = k * k * c;
         let rows = plan.batch * plan.out_height * plan.out_width;
+        let (height, width, s) = (plan.height, plan.width, self.geometry.stride);
+        let image_len = height * width * c;
+        // Zeros where a tap falls in the padding; inside the image each kernel row is one
+        // contiguous run of K pixels in NHWC, copied at once.
         let mut out = vec![0f32; rows * patch];
-        out.par_chunks_mut(patch).enumerate().for_each(|(row, dst)| {
-            let n = row / (plan.out_height * plan.out_width);
-            let oy = row / plan.out_width % plan.out_height;
-            let ox = row % plan.out_width;
-            let image = n * plan.height * plan.width;
-            for (tap, pixel) in plan.taps(self.geometry, oy, ox) {
-                let src = (image + pixel) * c;
-                dst[tap * c..][..c].copy_from_slice(&x[src..src + c]);
-            }
-        });
+        out.par_chunks_mut(plan.out_width * patch)
+            .enumerate()
+            .for_each(|(row, dst_row)| {
+                let (n, oy) = (row / plan.out_height, row % plan.out_height);
+                let image = &x[n * image_len..][..image_len];
+                for (ox, dst) in dst_row.chunks_exact_mut(patch).enumerate() {
+                    for (ky, dst) in dst.chunks_exact_mut(k * c).enumerate() {
+                        let Some(iy) = (oy * s + ky).checked_sub(plan.pad_top).filter(|&iy| iy < height)
+                        else {
+                            continue;
+                        };
+                        let line = &image[iy * width * c..][..width * c];
+                        match (ox * s).checked_sub(plan.pad_left) {
+                            Some(ix) if ix + k <= width => dst.copy_from_slice(&line[ix * c..][..k * c]),
+                            _ => {
+                                for (kx, dst) in dst.chunks_exact_mut(c).enumerate() {
+                                    if let Some(ix) =
+                                        (ox * s + kx).checked_sub(plan.pad_left).filter(|&ix| ix < width)
+                                    {
+                                        dst.copy_from_slice(&line[ix * c..][..c]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
         Ok((CpuStorage::F32(out), Shape::from((rows, patch))))
     }
+}
+
+/// Mean over the pixels of each image: `x` (N, H, W, C) becomes (N, C).
+struct GlobalAveragePool;
+
+impl CustomOp1 for GlobalAveragePool {
+    fn name(&self) -> &'static str {
+        "global-average-pool-nhwc"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let &[batch, height, width, c] = xl.dims() else {
+            candle_core::bail!("pooling: expected an NHWC tensor, got shape {:?}", xl.dims())
+        };
+        let x = contiguous_f32(xs, xl, "pooling input")?;
+        let pixels = height * width;
+        let mut out = vec![0f32; batch * c];
+        if pixels > 0 {
+            out.par_chunks_mut(c.max(1))
+                .zip(x.par_chunks(pixels * c.max(1)))
+                .for_each(|(sums, image)| {
+                    for pixel in image.chunks_exact(c) {
+                        for (sum, &value) in sums.iter_mut().zip(pixel) {
+                            *sum += value;
+                        }
+                    }
+                    let scale = 1.0 / pixels as f32;
+                    sums.iter_mut().for_each(|sum| *sum *= scale);
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((batch, c))))
+    }
+}
+
+/// Mean over the pixels of each image of `x` (N, H, W, C), answering (N, C).
+pub fn global_average_pool(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&GlobalAveragePool)
 }
 
 /// A 1x1 convolution, or a dense one after [`Im2Col`]: the rows of `x` (.., in) times packed
@@ -494,6 +552,13 @@ mod tests {
             let diff = max_abs_diff(&got, &expected);
             assert!(diff < 1e-5, "case {i} {:?}: max difference {diff}", CASES[i]);
         }
+    }
+
+    #[test]
+    fn global_average_pool_matches_candle_mean() {
+        let x = Tensor::from_vec(values(3 * 5 * 7 * 11, 9), (3, 5, 7, 11), &Device::Cpu).unwrap();
+        let diff = max_abs_diff(&global_average_pool(&x).unwrap(), &x.mean((1, 2)).unwrap());
+        assert!(diff < 1e-6, "max difference {diff}");
     }
 
     #[test]
