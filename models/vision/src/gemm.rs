@@ -110,16 +110,20 @@ pub fn product(
     }
     let mut out: Vec<f32> = Vec::with_capacity(rows * n);
     let target = Output(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-    let row_tasks = rows.div_ceil(TASK_ROWS);
+    // Tasks are row chunks of whole tiles times groups of panels, each as even as the sizes
+    // allow, numbered group-major so that rayon's first split hands each thread half of
+    // every row chunk (a 7x7 layer has 49 rows: chunks of 30 and 19, not 48 and 1).
+    let tiles = rows.div_ceil(TILE_ROWS);
+    let tiles_per_chunk = tiles.div_ceil(rows.div_ceil(TASK_ROWS).max(1)).max(1);
+    let row_chunks = tiles.div_ceil(tiles_per_chunk);
     let panels = w.panel_count();
-    let panel_groups = MIN_TASKS.div_ceil(row_tasks).clamp(1, panels);
-    let panels_per_group = panels.div_ceil(panel_groups);
-    (0..row_tasks * panel_groups).into_par_iter().for_each(|task| {
-        let (row_task, group) = (task / panel_groups, task % panel_groups);
-        let first_row = row_task * TASK_ROWS;
-        let task_rows = TASK_ROWS.min(rows - first_row);
-        let first_panel = group * panels_per_group;
-        for p in first_panel..panels.min(first_panel + panels_per_group) {
+    let panel_groups = MIN_TASKS.div_ceil(row_chunks.max(1)).clamp(1, panels.max(1));
+    (0..row_chunks * panel_groups).into_par_iter().for_each(|task| {
+        let (group, chunk) = (task / row_chunks, task % row_chunks);
+        let first_row = chunk * tiles_per_chunk * TILE_ROWS;
+        let task_rows = (tiles_per_chunk * TILE_ROWS).min(rows - first_row);
+        let (first_panel, end_panel) = (group * panels / panel_groups, (group + 1) * panels / panel_groups);
+        for p in first_panel..end_panel {
             let (panel, bias) = w.panel(p);
             let columns = PANEL.min(n - p * PANEL);
             for tile_start in (first_row..first_row + task_rows).step_by(TILE_ROWS) {
