@@ -40,8 +40,9 @@ enum Command {
         /// Most images one request may carry.
         #[arg(long, env = "MAX_IMAGES_PER_REQUEST", default_value_t = 64)]
         max_images: usize,
-        /// Milliseconds the model thread waits, after a request arrives, for others to batch
-        /// with it (0: only what is already queued).
+        /// Milliseconds the model thread waits, after a request arrives, for requests still
+        /// being decoded to batch with it (0: only what is already queued). A lone request
+        /// never waits.
         #[arg(long, env = "BATCH_WINDOW_MS", default_value_t = 2.0)]
         batch_window_ms: f64,
     },

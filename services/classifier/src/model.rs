@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use runtime::{ApiError, ComputeArgs, DTypeArg, InitPhases, Metrics, ModelCard, ModelWorker};
+use runtime::{ApiError, Arrival, ComputeArgs, DTypeArg, InitPhases, Metrics, ModelCard, ModelWorker};
 use serde_json::json;
 use tokio::sync::oneshot;
 use vision::{DecodeLimits, Head, ImageClassifier, ImageOutput, ModelConfig, VisionError};
@@ -118,7 +118,7 @@ pub struct Job {
 }
 
 /// Starts the model thread: each wake-up runs the queued jobs' images as one batch, waiting up
-/// to `batch_window` for requests that arrive together.
+/// to `batch_window` for requests that are being decoded meanwhile.
 pub fn spawn_worker(
     classifier: Arc<ImageClassifier>,
     capacity: usize,
@@ -156,9 +156,15 @@ pub fn spawn_worker(
     )
 }
 
-/// Submits one request's images and waits for the model's answer.
-pub async fn run(worker: &ModelWorker<Job>, images: Vec<Vec<f32>>) -> Result<Vec<ImageOutput>, ApiError> {
+/// Ends the request's announcement and submits its images, then waits for the model's answer.
+/// The announcement ends first: the model thread, woken by this very job, must not wait for it.
+pub async fn run(
+    worker: &ModelWorker<Job>,
+    images: Vec<Vec<f32>>,
+    arrival: Arrival,
+) -> Result<Vec<ImageOutput>, ApiError> {
     let (reply, answer) = oneshot::channel();
+    drop(arrival);
     worker.submit(Job { images, reply })?;
     match answer.await {
         Ok(Ok(outputs)) => Ok(outputs),

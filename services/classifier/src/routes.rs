@@ -88,6 +88,9 @@ async fn infer(state: &Arc<AppState>, images: Images) -> Result<Vec<vision::Imag
             ),
         ));
     }
+    // Announced before decoding, so that the model thread waits for this request when another
+    // one is about to run, and not when none is coming.
+    let arrival = state.worker.arriving();
     let prepared = state.clone();
     let pixels = tokio::task::spawn_blocking(move || {
         images
@@ -102,7 +105,7 @@ async fn infer(state: &Arc<AppState>, images: Images) -> Result<Vec<vision::Imag
     })
     .await
     .map_err(|e| ApiError::internal(format!("decoding task failed: {e}")))??;
-    model::run(&state.worker, pixels).await
+    model::run(&state.worker, pixels, arrival).await
 }
 
 fn image_error(index: usize, error: VisionError) -> ApiError {

@@ -17,7 +17,7 @@ pub use metrics::Metrics;
 pub use phases::{InitPhases, Phase};
 pub use server::{app, run, sha256_file, shutdown_signal, ModelCard, ServiceContext};
 pub use threads::pin_compute_threads;
-pub use worker::{JobQueue, ModelWorker};
+pub use worker::{Arrival, JobQueue, ModelWorker};
 
 /// Binds the service's port (the last init phase: nothing listens before the model is ready).
 pub fn bind(

@@ -1,13 +1,18 @@
 //! The model thread: model compute runs on its own OS thread, never on the async runtime, fed by
 //! a bounded queue. A full queue is answered with 429 at once rather than growing without bound.
 //! Either the thread takes batches of queued jobs ([`ModelWorker::spawn`]: whatever is queued,
-//! plus what arrives within a short batching window), or a scheduler owns the queue and mixes
-//! new jobs into running work ([`ModelWorker::spawn_scheduler`], continuous batching).
+//! plus what arrives within a short batching window from requests already being prepared), or a
+//! scheduler owns the queue and mixes new jobs into running work
+//! ([`ModelWorker::spawn_scheduler`], continuous batching).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How often a batching thread that waits for announced jobs checks that they are still coming.
+const ARRIVAL_CHECK: Duration = Duration::from_micros(200);
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -16,22 +21,45 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct ModelWorker<J> {
     sender: SyncSender<J>,
+    arriving: Arc<AtomicUsize>,
 }
 
 impl<J> Clone for ModelWorker<J> {
     fn clone(&self) -> Self {
         Self {
             sender: self.sender.clone(),
+            arriving: self.arriving.clone(),
         }
+    }
+}
+
+/// A job on its way to the queue: its request is still being prepared (images decoded, say).
+/// The batching thread waits for announced jobs, within its window, and for no others, so a lone
+/// request never waits for company that is not coming. Drop it just before submitting the job
+/// (or when the request fails).
+#[derive(Debug)]
+pub struct Arrival {
+    arriving: Arc<AtomicUsize>,
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.arriving.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// The model thread's end of the queue.
 pub struct JobQueue<J> {
     receiver: Receiver<J>,
+    arriving: Arc<AtomicUsize>,
 }
 
 impl<J> JobQueue<J> {
+    /// Jobs announced ([`ModelWorker::arriving`]) and not yet submitted.
+    pub fn arriving(&self) -> usize {
+        self.arriving.load(Ordering::SeqCst)
+    }
+
     /// Blocks until a job arrives; `None` once every handle is gone (the service is stopping).
     pub fn wait(&self) -> Option<J> {
         self.receiver.recv().ok()
@@ -58,16 +86,21 @@ impl<J: Send + 'static> ModelWorker<J> {
         schedule: impl FnOnce(JobQueue<J>) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = sync_channel::<J>(capacity.max(1));
+        let arriving = Arc::new(AtomicUsize::new(0));
+        let queue = JobQueue {
+            receiver,
+            arriving: arriving.clone(),
+        };
         std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || schedule(JobQueue { receiver }))?;
-        Ok(Self { sender })
+            .spawn(move || schedule(queue))?;
+        Ok(Self { sender, arriving })
     }
 
     /// Starts a thread that hands `handle` up to `max_batch` jobs at a time: after the first
-    /// job of a batch, it waits up to `batch_window` for more (zero: only what is already
-    /// queued). A panic inside `handle` drops that batch's jobs (their callers see an error) and
-    /// the thread carries on.
+    /// job of a batch, it takes what is queued and, up to `batch_window` (zero: never), waits
+    /// for announced jobs ([`ModelWorker::arriving`]). A panic inside `handle` drops that batch's
+    /// jobs (their callers see an error) and the thread carries on.
     pub fn spawn(
         name: &str,
         capacity: usize,
@@ -82,9 +115,16 @@ impl<J: Send + 'static> ModelWorker<J> {
                 let closes = Instant::now() + batch_window;
                 let mut batch = vec![first];
                 while batch.len() < max_batch {
-                    match queue.poll_until(closes) {
-                        Some(job) => batch.push(job),
-                        None => break,
+                    if let Some(job) = queue.poll() {
+                        batch.push(job);
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if queue.arriving() == 0 || now >= closes {
+                        break;
+                    }
+                    if let Some(job) = queue.poll_until(closes.min(now + ARRIVAL_CHECK)) {
+                        batch.push(job);
                     }
                 }
                 metrics.observe_batch(batch.len());
@@ -95,6 +135,14 @@ impl<J: Send + 'static> ModelWorker<J> {
         })
     }
 
+    /// Announces a job that will be submitted once its request is prepared.
+    pub fn arriving(&self) -> Arrival {
+        self.arriving.fetch_add(1, Ordering::SeqCst);
+        Arrival {
+            arriving: self.arriving.clone(),
+        }
+    }
+
     /// Queues a job, or refuses it at once when the queue is full.
     pub fn submit(&self, job: J) -> Result<(), ApiError> {
         self.sender.try_send(job).map_err(|e| match e {
@@ -103,5 +151,58 @@ impl<J: Send + 'static> ModelWorker<J> {
                 ApiError::unavailable("worker_stopped", "the model thread has stopped")
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+
+    use super::*;
+
+    fn worker(window: Duration) -> (ModelWorker<u32>, Receiver<Vec<u32>>) {
+        let (batches, received) = channel();
+        let metrics = Arc::new(Metrics::default());
+        let worker = ModelWorker::spawn("test-model", 8, 8, window, metrics, move |batch: Vec<u32>| {
+            let _ = batches.send(batch);
+        })
+        .unwrap();
+        (worker, received)
+    }
+
+    /// With nothing announced, a lone job runs at once, not after the window.
+    #[test]
+    fn a_lone_job_does_not_wait_for_the_window() {
+        let (worker, batches) = worker(Duration::from_secs(5));
+        let sent = Instant::now();
+        worker.submit(1).unwrap();
+        assert_eq!(batches.recv_timeout(Duration::from_secs(2)).unwrap(), vec![1]);
+        assert!(sent.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A job announced before the first is queued joins its batch when it comes within the
+    /// window.
+    #[test]
+    fn an_announced_job_joins_the_batch() {
+        let (worker, batches) = worker(Duration::from_secs(5));
+        let arrival = worker.arriving();
+        worker.submit(1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(arrival);
+        worker.submit(2).unwrap();
+        assert_eq!(batches.recv_timeout(Duration::from_secs(2)).unwrap(), vec![1, 2]);
+    }
+
+    /// An announcement withdrawn without a job (its request failed) stops the wait.
+    #[test]
+    fn a_withdrawn_announcement_ends_the_wait() {
+        let (worker, batches) = worker(Duration::from_secs(5));
+        let arrival = worker.arriving();
+        let sent = Instant::now();
+        worker.submit(1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(arrival);
+        assert_eq!(batches.recv_timeout(Duration::from_secs(2)).unwrap(), vec![1]);
+        assert!(sent.elapsed() < Duration::from_secs(2));
     }
 }
