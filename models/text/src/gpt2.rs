@@ -290,6 +290,10 @@ impl Gpt2 {
     /// Runs `tokens` after those already in `cache`, extending it; answers the final hidden
     /// states (new tokens, n_embd), after `ln_f` (for embeddings, retrieval, or [`Gpt2::logits`]).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, TextError> {
+        on_compute_pool(|| self.forward_on_pool(tokens, cache))
+    }
+
+    fn forward_on_pool(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, TextError> {
         let start = cache.len;
         self.check(tokens, start)?;
         if cache.layers.is_empty() {
@@ -347,6 +351,10 @@ impl Gpt2 {
     /// batch of generations cost about as much as one; attention runs per sequence against its
     /// own cache. Answers the final hidden states (batch, n_embd).
     pub fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor, TextError> {
+        on_compute_pool(|| self.decode_batch_on_pool(tokens, caches))
+    }
+
+    fn decode_batch_on_pool(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor, TextError> {
         if tokens.len() != caches.len() {
             return Err(TextError::Weights(format!(
                 "{} tokens for {} caches",
@@ -443,8 +451,15 @@ impl Gpt2 {
     /// embedding). Kept apart from [`Gpt2::forward`] so that a prefill pays for the head only on
     /// the positions whose logits it needs (one vocabulary-wide product per row).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, TextError> {
-        Ok(crate::matvec::matmul_transposed(hidden, &self.wte)?)
+        on_compute_pool(|| Ok(crate::matvec::matmul_transposed(hidden, &self.wte)?))
     }
+}
+
+/// Runs `work` on a rayon worker. Every layer's products split across the pool; started from
+/// inside it they hand work to the other worker directly, where from outside each of the ~50
+/// parallel loops of a decode step would put the calling thread to sleep and wake it again.
+fn on_compute_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| work())
 }
 
 /// (new, past + new) additive mask: new token i sees every past token and new tokens 0..=i.
