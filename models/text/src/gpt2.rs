@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use half::bf16;
 use serde::Deserialize;
 
 use crate::TextError;
@@ -225,8 +226,11 @@ impl Gpt2 {
             let tensor = tensors
                 .remove(name)
                 .or_else(|| tensors.remove(&format!("transformer.{name}")))
-                .ok_or_else(|| TextError::Weights(format!("missing tensor `{name}`")))?
-                .to_dtype(dtype)?;
+                .ok_or_else(|| TextError::Weights(format!("missing tensor `{name}`")))?;
+            let tensor = match dtype {
+                DType::BF16 => bf16_on_huge_pages(&tensor)?,
+                _ => tensor.to_dtype(dtype)?,
+            };
             if tensor.dims() != shape {
                 return Err(TextError::Weights(format!(
                     "`{name}` has shape {:?}, expected {shape:?}",
@@ -460,6 +464,28 @@ impl Gpt2 {
 /// parallel loops of a decode step would put the calling thread to sleep and wake it again.
 fn on_compute_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
+}
+
+/// `tensor` in bf16 (rounded to nearest, as candle's conversion), in memory backed by huge
+/// pages like the f32 weights the loader reads: a decode step streams every weight once.
+fn bf16_on_huge_pages(tensor: &Tensor) -> candle_core::Result<Tensor> {
+    use rayon::prelude::*;
+
+    const SLICE: usize = 1 << 16;
+    let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut narrowed: Vec<bf16> = Vec::with_capacity(values.len());
+    hub::advise_huge_pages(narrowed.spare_capacity_mut());
+    narrowed.spare_capacity_mut()[..values.len()]
+        .par_chunks_mut(SLICE)
+        .zip(values.par_chunks(SLICE))
+        .for_each(|(dst, src)| {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                d.write(bf16::from_f32(v));
+            }
+        });
+    // SAFETY: the loop above wrote each of the first `values.len()` elements.
+    unsafe { narrowed.set_len(values.len()) };
+    Tensor::from_vec(narrowed, tensor.dims(), tensor.device())
 }
 
 /// (new, past + new) additive mask: new token i sees every past token and new tokens 0..=i.
