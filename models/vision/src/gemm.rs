@@ -114,7 +114,7 @@ pub fn product(
     let target = Output(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     // Tasks are row chunks of whole tiles times groups of panels, each as even as the sizes
     // allow, numbered group-major so that rayon's first split hands each thread half of
-    // every row chunk (a 7x7 layer has 49 rows: chunks of 30 and 19, not 48 and 1).
+    // every row chunk (a 7x7 layer has 49 rows: chunks of 28 and 21, not 48 and 1).
     let tiles = rows.div_ceil(TILE_ROWS);
     let tiles_per_chunk = tiles.div_ceil(rows.div_ceil(TASK_ROWS).max(1)).max(1);
     let row_chunks = tiles.div_ceil(tiles_per_chunk);

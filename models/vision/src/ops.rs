@@ -352,11 +352,17 @@ impl CustomOp2 for Pointwise<'_> {
         rl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let residual = contiguous_f32(rs, rl, "residual")?;
-        let (out, shape) = self.run(xs, xl, Some(residual))?;
-        if rl.dims() != shape.dims() {
-            candle_core::bail!("pointwise: residual {:?} does not match {shape:?}", rl.dims())
+        let output_dims = xl
+            .dims()
+            .split_last()
+            .map(|(_, leading)| [leading, &[self.weights.outputs()]].concat());
+        if output_dims.as_deref() != Some(rl.dims()) {
+            candle_core::bail!(
+                "pointwise: residual {:?} does not match the output {output_dims:?}",
+                rl.dims()
+            )
         }
-        Ok((out, shape))
+        self.run(xs, xl, Some(residual))
     }
 }
 
@@ -552,6 +558,27 @@ mod tests {
             let diff = max_abs_diff(&got, &expected);
             assert!(diff < 1e-5, "case {i} {:?}: max difference {diff}", CASES[i]);
         }
+    }
+
+    #[test]
+    fn a_residual_of_the_wrong_shape_is_an_error() {
+        let x = Tensor::from_vec(values(2 * 3 * 4, 1), (1, 2, 3, 4), &Device::Cpu).unwrap();
+        let weights = PackedWeights::pack(&values(4 * 5, 2), &values(5, 3), 4, 5);
+        let geometry = ConvGeometry {
+            kernel: 1,
+            stride: 1,
+            padding: Padding::Symmetric,
+        };
+        let wrong = Tensor::zeros((1, 2, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let error = conv2d(&x, &weights, geometry, Activation::Identity, Some(&wrong)).unwrap_err();
+        assert!(error.to_string().contains("residual"), "{error}");
+        let right = Tensor::zeros((1, 2, 3, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            conv2d(&x, &weights, geometry, Activation::Identity, Some(&right))
+                .unwrap()
+                .dims(),
+            [1, 2, 3, 5]
+        );
     }
 
     #[test]
