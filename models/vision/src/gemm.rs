@@ -293,18 +293,7 @@ mod kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     /// Every tile shape (rows not multiples of 4 or 48, columns not multiples of 8 or 24),
     /// against a plain triple loop, with and without activation and residual.

@@ -17,6 +17,24 @@ pub mod plot;
 pub mod resample;
 pub mod train;
 
+#[cfg(test)]
+mod test_values {
+    /// Deterministic values in [-1, 1) (a linear congruential generator).
+    pub fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+}
+
 pub use augment::Augmentation;
 pub use config::{ModelConfig, Preprocessing};
 pub use dataset::{DatasetError, ImageFolder, Sample};

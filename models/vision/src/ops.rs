@@ -407,14 +407,8 @@ pub fn conv2d(
     if geometry.kernel == 1 && geometry.stride == 1 {
         Ok(y)
     } else {
-        let (n, h, w, _) = x.dims4()?;
-        let (oh, _) = geometry
-            .padding
-            .output_and_pad_before(h, geometry.kernel, geometry.stride);
-        let (ow, _) = geometry
-            .padding
-            .output_and_pad_before(w, geometry.kernel, geometry.stride);
-        y.reshape((n, oh, ow, weights.outputs()))
+        let plan = geometry.plan(x.dims())?;
+        y.reshape((plan.batch, plan.out_height, plan.out_width, weights.outputs()))
     }
 }
 
@@ -423,21 +417,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-
-    /// Deterministic values in [-1, 1) (a linear congruential generator).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     /// Candle's own convolution on NCHW with explicit zero padding, as the reference.
     fn reference_conv(
