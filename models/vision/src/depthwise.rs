@@ -2,8 +2,9 @@
 //!
 //! A 3x3 kernel (every MobileNetV2) runs eight channels at a time with that block's nine taps
 //! and bias held in registers while it sweeps the row, so each output vector costs nine loads
-//! and nine fused multiply-adds; padding is checked only at the image's edges. Other kernel
-//! sizes, and channels past the last multiple of eight, take the portable loop.
+//! and nine fused multiply-adds; taps that fall in the padding read a row of zeros, so only the
+//! image's edge columns take a slower path. Other kernel sizes, and channels past the last
+//! multiple of eight, take the portable loop.
 
 use std::mem::MaybeUninit;
 
@@ -73,7 +74,7 @@ mod kernel {
 
     /// Output pixels computed together in the image's interior: each pixel's nine
     /// multiply-adds form one dependent chain, so several chains keep both FMA units busy
-    /// (nine taps and this many accumulators fill AVX2's sixteen registers).
+    /// (nine taps and four accumulators fit AVX2's sixteen registers; six ran no faster).
     const GROUP: usize = 4;
 
     /// Channels `0..C / 8 * 8` of output row `oy` of a 3x3 convolution; answers how many
