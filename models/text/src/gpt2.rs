@@ -147,14 +147,31 @@ impl KvCache {
 
 #[derive(Debug)]
 struct Linear {
-    /// (in, out), as Hugging Face's `Conv1D` stores it.
-    weight: Tensor,
+    weight: DenseWeight,
     bias: Tensor,
+}
+
+/// A dense layer's weight, in the layout its decode-step product streams fastest on this
+/// kind of machine (measured: one layout is not best for both types).
+#[derive(Debug)]
+enum DenseWeight {
+    /// f32 (in, out), as Hugging Face's `Conv1D` stores it: each thread streams a block of
+    /// input rows into its own partial sums ([`crate::matvec::linear`]).
+    InputsByOutputs(Tensor),
+    /// bf16 transposed to (out, in): one dot product per output row
+    /// ([`crate::matvec::matmul_transposed`]), which read bf16 weights 20-35% faster than the
+    /// input split in a decode step (its sums cost more per weight byte at half the bytes).
+    OutputsByInputs(Tensor),
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::matvec::linear(x, &self.weight, &self.bias)
+        match &self.weight {
+            DenseWeight::InputsByOutputs(w) => crate::matvec::linear(x, w, &self.bias),
+            DenseWeight::OutputsByInputs(w) => {
+                crate::matvec::matmul_transposed(x, w)?.broadcast_add(&self.bias)
+            }
+        }
     }
 }
 
@@ -228,7 +245,7 @@ impl Gpt2 {
                 .or_else(|| tensors.remove(&format!("transformer.{name}")))
                 .ok_or_else(|| TextError::Weights(format!("missing tensor `{name}`")))?;
             let tensor = match dtype {
-                DType::BF16 => bf16_on_huge_pages(&tensor)?,
+                DType::BF16 => bf16_on_huge_pages(&tensor, false)?,
                 _ => tensor.to_dtype(dtype)?,
             };
             if tensor.dims() != shape {
@@ -248,8 +265,14 @@ impl Gpt2 {
         for i in 0..config.n_layer {
             let p = format!("h.{i}");
             let mut linear = |name: &str, inputs: usize, outputs: usize| -> Result<Linear, TextError> {
+                let weight = take(&format!("{p}.{name}.weight"), &[inputs, outputs], DType::F32)?;
                 Ok(Linear {
-                    weight: take(&format!("{p}.{name}.weight"), &[inputs, outputs], dense)?,
+                    weight: match precision {
+                        WeightPrecision::F32 => DenseWeight::InputsByOutputs(weight),
+                        WeightPrecision::Bf16 => {
+                            DenseWeight::OutputsByInputs(bf16_on_huge_pages(&weight, true)?)
+                        }
+                    },
                     bias: take(&format!("{p}.{name}.bias"), &[outputs], DType::F32)?,
                 })
             };
@@ -466,26 +489,51 @@ fn on_compute_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
 
-/// `tensor` in bf16 (rounded to nearest, as candle's conversion), in memory backed by huge
-/// pages like the f32 weights the loader reads: a decode step streams every weight once.
-fn bf16_on_huge_pages(tensor: &Tensor) -> candle_core::Result<Tensor> {
+/// `tensor` in bf16 (rounded to nearest, as candle's conversion), transposed if it is a matrix
+/// and `transpose` is set, in memory backed by huge pages like the f32 weights the loader
+/// reads: a decode step streams every weight once.
+fn bf16_on_huge_pages(tensor: &Tensor, transpose: bool) -> candle_core::Result<Tensor> {
     use rayon::prelude::*;
 
+    /// Values per parallel task of a straight conversion.
     const SLICE: usize = 1 << 16;
+    /// Destination rows per parallel task of a transpose: the task reads 64 consecutive
+    /// values of each source row and keeps its 64 destination rows in the L2 cache.
+    const BLOCK: usize = 64;
     let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let mut narrowed: Vec<bf16> = Vec::with_capacity(values.len());
     hub::advise_huge_pages(narrowed.spare_capacity_mut());
-    narrowed.spare_capacity_mut()[..values.len()]
-        .par_chunks_mut(SLICE)
-        .zip(values.par_chunks(SLICE))
-        .for_each(|(dst, src)| {
-            for (d, &v) in dst.iter_mut().zip(src) {
-                d.write(bf16::from_f32(v));
-            }
-        });
+    let spare = &mut narrowed.spare_capacity_mut()[..values.len()];
+    let dims = match *tensor.dims() {
+        [rows, columns] if transpose && rows > 0 => {
+            spare
+                .par_chunks_mut(BLOCK * rows)
+                .enumerate()
+                .for_each(|(block, dst)| {
+                    let first = block * BLOCK;
+                    for (r, source) in values.chunks_exact(columns).enumerate() {
+                        for (c, &v) in source[first..first + dst.len() / rows].iter().enumerate() {
+                            dst[c * rows + r].write(bf16::from_f32(v));
+                        }
+                    }
+                });
+            vec![columns, rows]
+        }
+        _ => {
+            spare
+                .par_chunks_mut(SLICE)
+                .zip(values.par_chunks(SLICE))
+                .for_each(|(dst, src)| {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        d.write(bf16::from_f32(v));
+                    }
+                });
+            tensor.dims().to_vec()
+        }
+    };
     // SAFETY: the loop above wrote each of the first `values.len()` elements.
     unsafe { narrowed.set_len(values.len()) };
-    Tensor::from_vec(narrowed, tensor.dims(), tensor.device())
+    Tensor::from_vec(narrowed, dims, tensor.device())
 }
 
 /// (new, past + new) additive mask: new token i sees every past token and new tokens 0..=i.
