@@ -8,6 +8,8 @@
 //! packed into panels of [`PANEL`] output columns at load, activations are read in place, and
 //! each micro-tile of [`TILE_ROWS`] pixels by one panel is finished and stored once.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::ops::Activation;
@@ -105,13 +107,36 @@ pub fn product(
     activation: Activation,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(rows * w.outputs);
+    product_into(
+        a,
+        rows,
+        w,
+        activation,
+        residual,
+        &mut out.spare_capacity_mut()[..rows * w.outputs],
+    );
+    // SAFETY: `product_into` wrote every (row, column) of the rows x n output.
+    unsafe { out.set_len(rows * w.outputs) };
+    out
+}
+
+/// [`product`] into `out` (rows, w.outputs()), whose every value it writes.
+pub fn product_into(
+    a: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    activation: Activation,
+    residual: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
+) {
     let (k, n) = (w.inputs, w.outputs);
     assert_eq!(a.len(), rows * k, "activations are not {rows}x{k}");
+    assert_eq!(out.len(), rows * n, "output is not {rows}x{n}");
     if let Some(residual) = residual {
         assert_eq!(residual.len(), rows * n, "residual is not {rows}x{n}");
     }
-    let mut out: Vec<f32> = Vec::with_capacity(rows * n);
-    let target = Output(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    let target = Output(out.as_mut_ptr().cast::<f32>());
     // Tasks are row chunks of whole tiles times groups of panels, each as even as the sizes
     // allow, numbered group-major so that rayon's first split hands each thread half of
     // every row chunk (a 7x7 layer has 49 rows: chunks of 28 and 21, not 48 and 1).
@@ -146,9 +171,6 @@ pub fn product(
             }
         }
     });
-    // SAFETY: the tasks above wrote every (row, column) of the rows x n output.
-    unsafe { out.set_len(rows * n) };
-    out
 }
 
 /// One micro-tile: up to [`TILE_ROWS`] rows of `a` times one panel.

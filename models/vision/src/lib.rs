@@ -7,6 +7,7 @@ pub mod config;
 pub mod dataset;
 mod depthwise;
 pub mod evaluate;
+mod fused;
 pub mod gemm;
 pub mod head;
 pub mod image_input;

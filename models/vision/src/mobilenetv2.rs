@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::gemm::PackedWeights;
 use crate::ops::{self, Activation, ConvGeometry, Padding};
-use crate::VisionError;
+use crate::{fused, VisionError};
 
 /// Stride of the first block of each of MobileNetV2's seven stages; the other blocks use 1.
 const STAGE_STRIDES: [usize; 7] = [1, 2, 2, 2, 1, 2, 1];
@@ -35,81 +35,54 @@ impl Default for Architecture {
     }
 }
 
-/// A convolution's weights with its BatchNorm folded in, in the layout its kernel reads.
-#[derive(Debug)]
-enum Weights {
-    /// (K * K * Cin, Cout), packed.
-    Dense(PackedWeights),
-    /// (K, K, C) and (C).
-    Depthwise { weight: Tensor, bias: Tensor },
-}
-
-/// A convolution with its BatchNorm folded in.
+/// A dense convolution (the stem and the head) with its BatchNorm folded in, its weights
+/// (K * K * Cin, Cout) packed.
 #[derive(Debug)]
 struct FoldedConv {
-    weights: Weights,
+    weights: PackedWeights,
     geometry: ConvGeometry,
 }
 
 impl FoldedConv {
-    /// `activation(conv(x)) + residual`; only dense convolutions take a residual.
-    fn forward(
-        &self,
-        x: &Tensor,
-        activation: Activation,
-        residual: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        match &self.weights {
-            Weights::Dense(weights) => ops::conv2d(x, weights, self.geometry, activation, residual),
-            Weights::Depthwise { weight, bias } => {
-                debug_assert!(residual.is_none());
-                ops::depthwise_conv(x, weight, bias, self.geometry, activation)
-            }
-        }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::conv2d(x, &self.weights, self.geometry, Activation::Relu6, None)
     }
 
     fn out_channels(&self) -> usize {
-        match &self.weights {
-            Weights::Dense(weights) => weights.outputs(),
-            Weights::Depthwise { bias, .. } => bias.dims()[0],
-        }
+        self.weights.outputs()
     }
 }
 
-/// One block: timm's `DepthwiseSeparableConv` (no expansion) or `InvertedResidual`.
+/// A depthwise convolution with its BatchNorm folded in: weight (K, K, C), bias (C).
+#[derive(Debug)]
+struct FoldedDepthwise {
+    weight: Tensor,
+    bias: Tensor,
+    geometry: ConvGeometry,
+}
+
+/// One block: timm's `DepthwiseSeparableConv` (no expansion) or `InvertedResidual`; the 1x1
+/// convolutions' weights packed, their BatchNorm folded in.
 #[derive(Debug)]
 struct Block {
-    expand: Option<FoldedConv>,
-    depthwise: FoldedConv,
-    project: FoldedConv,
+    expand: Option<PackedWeights>,
+    depthwise: FoldedDepthwise,
+    project: PackedWeights,
     residual: bool,
 }
 
 impl Block {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = match &self.expand {
-            Some(expand) => expand.forward(x, Activation::Relu6, None)?,
-            None => x.clone(),
-        };
-        let h = self.depthwise.forward(&h, Activation::Relu6, None)?;
-        self.project
-            .forward(&h, Activation::Identity, self.residual.then_some(x))
+        fused::inverted_residual(
+            x,
+            self.expand.as_ref(),
+            &self.depthwise.weight,
+            &self.depthwise.bias,
+            self.depthwise.geometry,
+            &self.project,
+            self.residual,
+        )
     }
-}
-
-/// Values of the largest activation per input pixel: each convolution's output channels over
-/// the square of the stride accumulated up to it.
-fn widest_per_pixel(stem: &FoldedConv, blocks: &[Block], head: &FoldedConv) -> usize {
-    let mut stride = stem.geometry.stride;
-    let mut widest = stem.out_channels() / (stride * stride);
-    for block in blocks {
-        if let Some(expand) = &block.expand {
-            widest = widest.max(expand.out_channels() / (stride * stride));
-        }
-        stride *= block.depthwise.geometry.stride;
-        widest = widest.max(block.project.out_channels() / (stride * stride));
-    }
-    widest.max(head.out_channels() / (stride * stride)).max(1)
 }
 
 /// A MobileNetV2 backbone with its classifier.
@@ -120,17 +93,7 @@ pub struct MobileNetV2 {
     head: FoldedConv,
     /// The final linear layer, (features, classes).
     classifier: Option<PackedWeights>,
-    /// Values of the largest activation per input pixel (24 for MobileNetV2 1.0: the first
-    /// expansion, 96 channels at half resolution).
-    widest_per_pixel: usize,
 }
-
-/// Largest activation of one forward pass, in bytes: a layer's input and output then stay in
-/// the last-level cache, where the memory-bound depthwise layers run fastest (batch 32 at 224
-/// ran at 13.3 ms per image in passes of 4 images, 20 MiB, and at 10.2 in passes of one).
-/// Running the narrow late layers in larger passes than the early ones, for larger products,
-/// measured 10-20% slower at batch 16, whether or not freed memory was kept for reuse.
-const PASS_BYTES: usize = 6 << 20;
 
 impl MobileNetV2 {
     /// Builds the network from timm-layout tensors (`conv_stem`, `bn1`, `blocks.S.B.*`,
@@ -150,7 +113,7 @@ impl MobileNetV2 {
                 let prefix = format!("blocks.{stage}.{index}");
                 let stride = if index == 0 { *stage_stride } else { 1 };
                 let block = loader.block(&prefix, stride)?;
-                let out = block.project.out_channels();
+                let out = block.project.outputs();
                 let residual = stride == 1 && out == channels;
                 blocks.push(Block { residual, ..block });
                 channels = out;
@@ -178,13 +141,11 @@ impl MobileNetV2 {
             }
             None => None,
         };
-        let widest_per_pixel = widest_per_pixel(&stem, &blocks, &head);
         Ok(Self {
             stem,
             blocks,
             head,
             classifier,
-            widest_per_pixel,
         })
     }
 
@@ -199,40 +160,35 @@ impl MobileNetV2 {
     }
 
     /// Pooled features (batch, feature_dim) of normalised images (batch, height, width, 3).
-    /// A large batch runs as several passes of as many images as keep every activation within
-    /// [`PASS_BYTES`].
+    /// The images of a batch run as passes of one image each, side by side: each thread
+    /// mostly works through its own image, whose activations stay in the last-level cache,
+    /// and the layers' parallel loops split only to balance the ends (batch 32 at 224 ran at
+    /// 13.3 ms per image in passes of 4 images, at 10.2 in passes of one; since the blocks
+    /// run in strips, passes of 1 to 4 images measure the same).
     pub fn features(&self, images: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, height, width, _) = images.dims4()?;
-        let per_image = height * width * self.widest_per_pixel * std::mem::size_of::<f32>();
-        let per_pass = (PASS_BYTES / per_image.max(1)).max(1);
         // On a rayon worker, each layer's parallel loop starts inside the pool; from outside,
         // every one of the 60 layers would put this thread to sleep and wake it again (the
         // scheduler took 10% of a batch-1 pass, 4.6% this way).
-        rayon::scope(|_| self.features_in_passes(images, per_pass))
+        rayon::scope(|_| {
+            let batch = images.dim(0)?;
+            if batch == 1 {
+                return self.features_of_pass(images);
+            }
+            let features = (0..batch)
+                .into_par_iter()
+                .map(|n| self.features_of_pass(&images.narrow(0, n, 1)?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&features, 0)
+        })
     }
 
-    fn features_in_passes(&self, images: &Tensor, per_pass: usize) -> candle_core::Result<Tensor> {
-        let batch = images.dim(0)?;
-        if batch <= per_pass {
-            return self.features_of_pass(images);
-        }
-        // Passes run side by side: each thread mostly works through its own pass, and the
-        // layers' parallel loops split only to balance the ends (batch 32: 5-10% faster than
-        // one pass after another, each split across both threads).
-        let starts: Vec<usize> = (0..batch).step_by(per_pass).collect();
-        let passes = starts
-            .into_par_iter()
-            .map(|start| self.features_of_pass(&images.narrow(0, start, per_pass.min(batch - start))?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Tensor::cat(&passes, 0)
-    }
-
+    /// The features of every image of `images` in one pass through the layers.
     fn features_of_pass(&self, images: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = self.stem.forward(images, Activation::Relu6, None)?;
+        let mut x = self.stem.forward(images)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        let x = self.head.forward(&x, Activation::Relu6, None)?;
+        let x = self.head.forward(&x)?;
         ops::global_average_pool(&x)
     }
 
@@ -319,7 +275,7 @@ impl Loader<'_> {
             self.arch.padding
         };
         Ok(FoldedConv {
-            weights: Weights::Dense(pack(&weight, &shift)?),
+            weights: pack(&weight, &shift)?,
             geometry: ConvGeometry {
                 kernel: kh,
                 stride,
@@ -328,8 +284,20 @@ impl Loader<'_> {
         })
     }
 
+    /// A 1x1 convolution `{conv}.weight` (Cout, Cin, 1, 1) folded with BatchNorm `{bn}`.
+    fn pointwise(&self, conv: &str, bn: &str) -> Result<PackedWeights, VisionError> {
+        let folded = self.dense(conv, bn, 1)?;
+        if folded.geometry.kernel != 1 {
+            return Err(VisionError::Weights(format!(
+                "`{conv}.weight` has a {k}x{k} kernel, expected 1x1",
+                k = folded.geometry.kernel
+            )));
+        }
+        Ok(folded.weights)
+    }
+
     /// A depthwise convolution `{conv}.weight` (C, 1, K, K) folded with BatchNorm `{bn}`.
-    fn depthwise(&self, conv: &str, bn: &str, stride: usize) -> Result<FoldedConv, VisionError> {
+    fn depthwise(&self, conv: &str, bn: &str, stride: usize) -> Result<FoldedDepthwise, VisionError> {
         let weight = self.get(&format!("{conv}.weight"))?.to_dtype(DType::F32)?;
         let (channels, one, kh, kw) = weight.dims4()?;
         if one != 1 || kh != kw {
@@ -349,8 +317,9 @@ impl Loader<'_> {
             stride,
             padding: self.arch.padding,
         };
-        Ok(FoldedConv {
-            weights: Weights::Depthwise { weight, bias: shift },
+        Ok(FoldedDepthwise {
+            weight,
+            bias: shift,
             geometry,
         })
     }
@@ -358,16 +327,16 @@ impl Loader<'_> {
     fn block(&self, prefix: &str, stride: usize) -> Result<Block, VisionError> {
         if self.tensors.contains_key(&format!("{prefix}.conv_pwl.weight")) {
             Ok(Block {
-                expand: Some(self.dense(&format!("{prefix}.conv_pw"), &format!("{prefix}.bn1"), 1)?),
+                expand: Some(self.pointwise(&format!("{prefix}.conv_pw"), &format!("{prefix}.bn1"))?),
                 depthwise: self.depthwise(&format!("{prefix}.conv_dw"), &format!("{prefix}.bn2"), stride)?,
-                project: self.dense(&format!("{prefix}.conv_pwl"), &format!("{prefix}.bn3"), 1)?,
+                project: self.pointwise(&format!("{prefix}.conv_pwl"), &format!("{prefix}.bn3"))?,
                 residual: false,
             })
         } else {
             Ok(Block {
                 expand: None,
                 depthwise: self.depthwise(&format!("{prefix}.conv_dw"), &format!("{prefix}.bn1"), stride)?,
-                project: self.dense(&format!("{prefix}.conv_pw"), &format!("{prefix}.bn2"), 1)?,
+                project: self.pointwise(&format!("{prefix}.conv_pw"), &format!("{prefix}.bn2"))?,
                 residual: false,
             })
         }
@@ -382,15 +351,15 @@ mod tests {
 
     use super::*;
 
-    /// A batch run in passes of two gives the features of one pass over all of it.
+    /// A batch run as passes of one image gives the features of one pass over all of it.
     #[test]
     fn passes_give_the_features_of_one_pass() {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mobilenetv2-tiny");
         let tensors = hub::load_safetensors(&fixture.join("model.safetensors")).unwrap();
         let model = MobileNetV2::from_tensors(&tensors, Architecture::default()).unwrap();
         let images = Tensor::rand(-1f32, 1f32, (5, 64, 48, 3), &Device::Cpu).unwrap();
-        let whole = model.features_in_passes(&images, 5).unwrap();
-        let passes = model.features_in_passes(&images, 2).unwrap();
+        let whole = model.features_of_pass(&images).unwrap();
+        let passes = model.features(&images).unwrap();
         assert_eq!(passes.dims(), whole.dims());
         let difference: f32 = (passes - whole)
             .unwrap()

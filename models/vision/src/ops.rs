@@ -106,7 +106,7 @@ impl Plan {
 }
 
 impl ConvGeometry {
-    fn plan(&self, dims: &[usize]) -> candle_core::Result<Plan> {
+    pub(crate) fn plan(&self, dims: &[usize]) -> candle_core::Result<Plan> {
         let &[batch, height, width, channels] = dims else {
             candle_core::bail!("expected an NHWC tensor, got shape {dims:?}")
         };
@@ -132,7 +132,7 @@ impl ConvGeometry {
     }
 }
 
-fn contiguous_f32<'a>(
+pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     what: &str,
