@@ -152,22 +152,24 @@ impl InvertedResidual<'_> {
         };
         let dw_row = plan.out_width * plan.channels;
         let mut convolved: Vec<f32> = Vec::with_capacity(rows * dw_row);
-        for (oy, out) in convolved.spare_capacity_mut()[..rows * dw_row]
-            .chunks_exact_mut(dw_row)
+        // Rows in parallel: a 14x14 or 7x7 block is one strip, which one image at a time
+        // would otherwise convolve on one thread.
+        convolved.spare_capacity_mut()[..rows * dw_row]
+            .par_chunks_mut(dw_row)
             .enumerate()
-        {
-            depthwise::row(
-                self.depthwise,
-                Activation::Relu6,
-                &strip_plan,
-                &expanded,
-                zeros,
-                w,
-                b,
-                oy,
-                out,
-            );
-        }
+            .for_each(|(oy, out)| {
+                depthwise::row(
+                    self.depthwise,
+                    Activation::Relu6,
+                    &strip_plan,
+                    &expanded,
+                    zeros,
+                    w,
+                    b,
+                    oy,
+                    out,
+                );
+            });
         // SAFETY: `depthwise::row` wrote every value of every row.
         unsafe { convolved.set_len(rows * dw_row) };
         let residual = self
