@@ -4,9 +4,12 @@ PyTorch, on the same weights, the same batch sizes and the same number of thread
 
     python scripts/make_random_mobilenetv2.py /tmp/mnv2-224
     cargo build --release -p benches
-    python scripts/reference/bench_mobilenetv2.py /tmp/mnv2-224 [--batch 1,32] [--seconds 3]
+    python scripts/reference/bench_mobilenetv2.py /tmp/mnv2-224 [--batch 1,32] [--seconds 3] [--rounds 3]
 
-The machine's speed drifts (it is shared), so only figures printed by one run compare.
+The machine's speed drifts (it is shared, by 10-40% from one minute to the next), so only
+figures printed by one run compare, and the engines take turns: each round measures every
+engine at every batch size for `--seconds`, and the table gives each one's median over the
+rounds, then ours over ONNX Runtime's of the same round.
 """
 
 import argparse
@@ -40,10 +43,10 @@ def bench_ours(model_dir, batches, seconds):
         capture_output=True,
         text=True,
     ).stdout
-    return {row["batch"]: (row["ms_per_batch"] / 1e3, row["runs"]) for row in map(json.loads, out.splitlines())}
+    return {row["batch"]: row["ms_per_batch"] / 1e3 for row in map(json.loads, out.splitlines())}
 
 
-def bench_torch(model_dir, batches, seconds, threads, size):
+def torch_runner(model_dir, threads, size):
     import timm
     import torch
     from safetensors.torch import load_file
@@ -53,25 +56,31 @@ def bench_torch(model_dir, batches, seconds, threads, size):
     model = timm.create_model(config["architecture"], pretrained=False, num_classes=config["num_classes"])
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=False)
     model.eval()
-    results = {}
-    with torch.inference_mode():
-        for batch in batches:
-            x = torch.full((batch, 3, size, size), 0.5)
-            results[batch] = timed(lambda: model(x), seconds)
-    return results
+
+    def bench(batches, seconds):
+        with torch.inference_mode():
+            return {b: timed(lambda: model(torch.full((b, 3, size, size), 0.5)), seconds)[0] for b in batches}
+
+    return bench
 
 
-def bench_onnxruntime(model_dir, batches, seconds, threads, size):
+def onnxruntime_runner(model_dir, threads, size):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    results = {}
-    for batch in batches:
-        x = np.full((batch, 3, size, size), 0.5, np.float32)
-        results[batch] = timed(lambda: session.run(None, {"images": x}), seconds)
-    return results
+
+    def bench(batches, seconds):
+        inputs = {b: np.full((b, 3, size, size), 0.5, np.float32) for b in batches}
+        return {b: timed(lambda: session.run(None, {"images": inputs[b]}), seconds)[0] for b in batches}
+
+    return bench
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
 
 
 def main():
@@ -80,6 +89,7 @@ def main():
     parser.add_argument("--batch", default="1,32")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
     size = json.loads((args.model_dir / "config.json").read_text())["pretrained_cfg"]["input_size"][1]
@@ -87,17 +97,30 @@ def main():
     import onnxruntime
     import torch
 
-    engines = {
-        f"candle (ours)": bench_ours(args.model_dir, batches, args.seconds),
-        f"ONNX Runtime {onnxruntime.__version__}": bench_onnxruntime(args.model_dir, batches, args.seconds, args.threads, size),
-        f"PyTorch {torch.__version__.split('+')[0]}": bench_torch(args.model_dir, batches, args.seconds, args.threads, size),
+    ours = "candle (ours)"
+    onnx = f"ONNX Runtime {onnxruntime.__version__}"
+    runners = {
+        ours: lambda batches, seconds: bench_ours(args.model_dir, batches, seconds),
+        onnx: onnxruntime_runner(args.model_dir, args.threads, size),
+        f"PyTorch {torch.__version__.split('+')[0]}": torch_runner(args.model_dir, args.threads, size),
     }
-    print(f"MobileNetV2 {size}x{size} f32, {args.threads} threads, median of each batch size over {args.seconds:g} s")
+    rounds = {engine: [] for engine in runners}
+    for _ in range(args.rounds):
+        for engine, bench in runners.items():
+            rounds[engine].append(bench(batches, args.seconds))
+    print(
+        f"MobileNetV2 {size}x{size} f32, {args.threads} threads, {args.rounds} rounds of {args.seconds:g} s "
+        "per engine and batch size, medians"
+    )
     print(f"{'engine':<24} {'batch':>5} {'ms/batch':>10} {'ms/image':>10} {'images/s':>10}")
-    for engine, results in engines.items():
+    for engine, results in rounds.items():
         for batch in batches:
-            seconds, _runs = results[batch]
+            seconds = median([r[batch] for r in results])
             print(f"{engine:<24} {batch:>5} {seconds * 1e3:>10.2f} {seconds * 1e3 / batch:>10.2f} {batch / seconds:>10.1f}")
+    for batch in batches:
+        ratios = [o[batch] / r[batch] for r, o in zip(rounds[ours], rounds[onnx])]
+        listed = ", ".join(f"{x:.2f}" for x in ratios)
+        print(f"ours / ONNX Runtime in images/s, batch {batch}: {listed} (median {median(ratios):.2f})")
 
 
 if __name__ == "__main__":
