@@ -7,7 +7,9 @@ asserts nothing.
     python scripts/load_test.py classifier --binary target/release/classifier --model DIR --image photo.jpg
     python scripts/load_test.py textgen --binary target/release/textgen --model DIR [--max-tokens 16]
 
-Options: --concurrency 1,8,16,32 --seconds 10 --extra "--batch-window-ms 2" (flags for serve).
+Options: --concurrency 1,8,16,32 --seconds 10 --rounds 1 --extra "--batch-window-ms 2" (flags
+for serve). With --rounds N the levels take turns N times (the machine's speed drifts from one
+minute to the next), and the ratios to the first level are taken within each round.
 """
 
 import argparse
@@ -50,6 +52,7 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--concurrency", default="1,8,16,32")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--extra", default="", help="more flags for `serve`")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -69,24 +72,37 @@ def main():
                 body.write(json.dumps({"prompt": args.prompt, "max_tokens": args.max_tokens, "temperature": 0}).encode())
                 url, content_type = f"{base}/v1/completions", "application/json"
             body.flush()
-            for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                result = {"concurrency": concurrency, **run_hey(url, concurrency, args.seconds, content_type, body.name)}
+            levels = [int(c) for c in args.concurrency.split(",")]
+            for round_index, concurrency in ((r, c) for r in range(args.rounds) for c in levels):
+                result = {"round": round_index + 1, "concurrency": concurrency,
+                          **run_hey(url, concurrency, args.seconds, content_type, body.name)}
                 if args.service == "textgen":
                     result["tokens_per_second"] = result["requests_per_second"] * args.max_tokens
                 results.append(result)
                 print(json.dumps(result) if args.json else
-                      f"concurrency {concurrency:>3}: {result['requests_per_second']:8.2f} requests/s"
+                      (f"round {round_index + 1}, " if args.rounds > 1 else "") + f"concurrency {concurrency:>3}: {result['requests_per_second']:8.2f} requests/s"
                       + (f" ({result['tokens_per_second']:.1f} tokens/s)" if "tokens_per_second" in result else "")
                       + f", p50 {result['p50_ms']:8.1f} ms, p99 {result['p99_ms']:8.1f} ms,"
                       f" {result['ok']} ok, {result['429']} x 429, {result['other']} other", flush=True)
     finally:
         process.terminate()
         process.wait()
-    base_rate = results[0]["requests_per_second"] if results else 0
-    for result in results[1:]:
-        print(f"concurrency {result['concurrency']} / concurrency {results[0]['concurrency']}: "
-              f"{result['requests_per_second'] / base_rate:.2f}x the throughput")
+    rates = {}  # concurrency -> requests/s per round
+    for result in results:
+        rates.setdefault(result["concurrency"], []).append(result["requests_per_second"])
+    first, *others = list(rates)
+    for concurrency in others:
+        ratios = [r / b for r, b in zip(rates[concurrency], rates[first])]
+        listed = ", ".join(f"{x:.2f}" for x in ratios)
+        print(f"concurrency {concurrency} / concurrency {first}: {median(ratios):.2f}x the throughput"
+              + (f" (median of the rounds: {listed})" if len(ratios) > 1 else ""))
     return 0
+
+
+def median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 if __name__ == "__main__":
