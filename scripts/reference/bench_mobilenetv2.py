@@ -8,8 +8,9 @@ PyTorch, on the same weights, the same batch sizes and the same number of thread
 
 The machine's speed drifts (it is shared, by 10-40% from one minute to the next), so only
 figures printed by one run compare, and the engines take turns: each round measures every
-engine at every batch size for `--seconds`, and the table gives each one's median over the
-rounds, then ours over ONNX Runtime's of the same round.
+engine at every batch size for `--seconds` (the engines one after the other at each batch
+size), and the table gives each one's median over the rounds, then ours over ONNX Runtime's of
+the same round.
 """
 
 import argparse
@@ -104,10 +105,13 @@ def main():
         onnx: onnxruntime_runner(args.model_dir, args.threads, size),
         f"PyTorch {torch.__version__.split('+')[0]}": torch_runner(args.model_dir, args.threads, size),
     }
-    rounds = {engine: [] for engine in runners}
-    for _ in range(args.rounds):
-        for engine, bench in runners.items():
-            rounds[engine].append(bench(batches, args.seconds))
+    # Each round measures every engine at one batch size right after the other, so that a
+    # ratio compares figures taken seconds apart.
+    rounds = {engine: [{} for _ in range(args.rounds)] for engine in runners}
+    for round_index in range(args.rounds):
+        for batch in batches:
+            for engine, bench in runners.items():
+                rounds[engine][round_index].update(bench([batch], args.seconds))
     print(
         f"MobileNetV2 {size}x{size} f32, {args.threads} threads, {args.rounds} rounds of {args.seconds:g} s "
         "per engine and batch size, medians"

@@ -72,7 +72,8 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The block over `x`; see [`fused::inverted_residual`] for `min_strips`.
+    fn forward(&self, x: &Tensor, min_strips: usize) -> candle_core::Result<Tensor> {
         fused::inverted_residual(
             x,
             self.expand.as_ref(),
@@ -81,6 +82,7 @@ impl Block {
             self.depthwise.geometry,
             &self.project,
             self.residual,
+            min_strips,
         )
     }
 }
@@ -172,21 +174,22 @@ impl MobileNetV2 {
         rayon::scope(|_| {
             let batch = images.dim(0)?;
             if batch == 1 {
-                return self.features_of_pass(images);
+                return self.features_of_pass(images, rayon::current_num_threads());
             }
             let features = (0..batch)
                 .into_par_iter()
-                .map(|n| self.features_of_pass(&images.narrow(0, n, 1)?))
+                .map(|n| self.features_of_pass(&images.narrow(0, n, 1)?, 1))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Tensor::cat(&features, 0)
         })
     }
 
-    /// The features of every image of `images` in one pass through the layers.
-    fn features_of_pass(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+    /// The features of every image of `images` in one pass through the layers, the blocks in
+    /// at least `min_strips` strips per image where that leaves them tall enough.
+    fn features_of_pass(&self, images: &Tensor, min_strips: usize) -> candle_core::Result<Tensor> {
         let mut x = self.stem.forward(images)?;
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = block.forward(&x, min_strips)?;
         }
         let x = self.head.forward(&x)?;
         ops::global_average_pool(&x)
@@ -358,7 +361,7 @@ mod tests {
         let tensors = hub::load_safetensors(&fixture.join("model.safetensors")).unwrap();
         let model = MobileNetV2::from_tensors(&tensors, Architecture::default()).unwrap();
         let images = Tensor::rand(-1f32, 1f32, (5, 64, 48, 3), &Device::Cpu).unwrap();
-        let whole = model.features_of_pass(&images).unwrap();
+        let whole = model.features_of_pass(&images, 1).unwrap();
         let passes = model.features(&images).unwrap();
         assert_eq!(passes.dims(), whole.dims());
         let difference: f32 = (passes - whole)
