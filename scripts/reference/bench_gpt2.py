@@ -105,14 +105,15 @@ def main():
 
         return bench
 
+    # In each round, each of our engines runs right before llama.cpp on the same weights, so
+    # that their ratio compares figures taken seconds apart.
     for weights in ("f32", "bf16"):
         engines[f"candle (ours) {weights}"] = (weights, ours(weights))
-    engines[f"transformers {transformers.__version__} (torch {torch_version}) f32"] = (
-        "f32", transformers_runner(args.model_dir, args.prompt, args.tokens, args.threads))
-    if args.llama_cpp:
-        for weights in ("f32", "bf16"):
+        if args.llama_cpp:
             engines[f"llama.cpp {weights}"] = (
                 weights, lambda w=weights: bench_llama_cpp(args.llama_cpp, w, args.prompt, args.tokens, args.threads))
+    engines[f"transformers {transformers.__version__} (torch {torch_version}) f32"] = (
+        "f32", transformers_runner(args.model_dir, args.prompt, args.tokens, args.threads))
     rounds = {name: [] for name in engines}
     for _ in range(args.rounds):
         bandwidths.append([])
