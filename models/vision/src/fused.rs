@@ -73,6 +73,9 @@ impl CustomOp3 for InvertedResidual<'_> {
         }
         let plan = self.depthwise.plan(&[batch, height, width, channels])?;
         let outputs = self.project.outputs();
+        if outputs == 0 {
+            candle_core::bail!("block: the projection has no output channels")
+        }
         if self.residual && (plan.out_height, plan.out_width, outputs) != (height, width, inputs) {
             candle_core::bail!(
                 "block: a residual needs the output shape of the input {:?}",
