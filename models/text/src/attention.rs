@@ -67,7 +67,7 @@ impl CustomOp3 for AttendOne {
             let q = &q[q_start + h * head_dim..][..head_dim];
             let mut scores: Vec<f32> = (0..positions)
                 .map(|t| {
-                    dot(
+                    crate::matvec::dot(
                         q,
                         &keys[k_start + h * k_stride[0] + t * k_stride[1]..][..head_dim],
                     ) * scale
@@ -87,25 +87,6 @@ impl CustomOp3 for AttendOne {
         });
         Ok((CpuStorage::F32(out), Shape::from((1, heads * head_dim))))
     }
-}
-
-/// `a . b` in eight lanes, which the compiler turns into one vector accumulator: a plain sum
-/// is one long chain of dependent scalar additions (it may not reorder float additions).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for k in 0..8 {
-            lanes[k] += x[k] * y[k];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// The attended row (1, heads x head_dim) of one new position `q` (heads, head_dim) over

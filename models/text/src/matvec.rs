@@ -367,6 +367,13 @@ fn rows_times_transposed<W: Weight>(x: &[f32], e: &[W], rows: usize, d: usize, v
     y
 }
 
+/// `a . b` for two f32 rows of one length, in the vector kernel of the products (a plain sum
+/// is one long chain of dependent additions: the compiler may not reorder float additions).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let [total] = kernels::dots(a, [b]);
+    total
+}
+
 /// `x` (rows, in) @ `w` (in, out) + `bias` (out); `x` and `bias` f32, `w` f32 or bf16, the
 /// answer f32.
 pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
