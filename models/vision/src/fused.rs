@@ -236,7 +236,7 @@ mod tests {
 
     use super::*;
     use crate::ops::{self, Padding};
-    use crate::test_values::values;
+    use crate::test_values::{max_abs_diff, values};
 
     /// Blocks cut into several strips (200 pixels wide, 96 channels: four or fewer output rows
     /// per strip), or into narrow images' halves, with and without expansion and residual,
@@ -318,15 +318,7 @@ mod tests {
                     min_strips,
                 )
                 .unwrap();
-                assert_eq!(got.dims(), want.dims(), "case {i}");
-                let difference: f32 = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let difference = max_abs_diff(&got, &want);
                 assert!(
                     difference < 1e-4,
                     "case {i}, {min_strips} strips at least: {difference}"

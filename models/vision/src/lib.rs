@@ -34,6 +34,21 @@ mod test_values {
             })
             .collect()
     }
+
+    /// The largest absolute difference between two tensors of the same shape.
+    pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
 }
 
 pub use augment::Augmentation;

@@ -353,6 +353,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
+    use crate::test_values::max_abs_diff;
 
     /// A batch run as passes of one image gives the features of one pass over all of it.
     #[test]
@@ -363,15 +364,7 @@ mod tests {
         let images = Tensor::rand(-1f32, 1f32, (5, 64, 48, 3), &Device::Cpu).unwrap();
         let whole = model.features_of_pass(&images, 1).unwrap();
         let passes = model.features(&images).unwrap();
-        assert_eq!(passes.dims(), whole.dims());
-        let difference: f32 = (passes - whole)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let difference = max_abs_diff(&passes, &whole);
         assert!(difference < 1e-5, "{difference}");
     }
 }

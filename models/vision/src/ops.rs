@@ -417,7 +417,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-    use crate::test_values::values;
+    use crate::test_values::{max_abs_diff, values};
 
     /// Candle's own convolution on NCHW with explicit zero padding, as the reference.
     fn reference_conv(
@@ -450,20 +450,6 @@ mod tests {
             .clamp(0f32, 6f32)
             .unwrap();
         y.permute((0, 2, 3, 1)).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     const CASES: [(usize, usize, usize, usize, usize, Padding); 12] = [
