@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use half::bf16;
 use serde::Deserialize;
 
+use crate::activation::Gelu;
 use crate::TextError;
 
 /// How the dense weights are held in memory. Decoding reads every dense weight once per step,
@@ -66,12 +67,7 @@ impl Gpt2Config {
                 config.n_embd, config.n_head
             )));
         }
-        if !["gelu_new", "gelu", "gelu_pytorch_tanh"].contains(&config.activation_function.as_str()) {
-            return Err(TextError::Config(format!(
-                "unsupported activation `{}`",
-                config.activation_function
-            )));
-        }
+        Gelu::from_config(&config.activation_function)?;
         Ok(config)
     }
 }
@@ -190,6 +186,7 @@ impl LayerNorm {
 
 #[derive(Debug)]
 struct Block {
+    gelu: Gelu,
     ln_1: LayerNorm,
     c_attn: Linear,
     attn_proj: Linear,
@@ -203,7 +200,7 @@ impl Block {
     fn feed_forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
         let h = self
             .mlp_proj
-            .forward(&self.c_fc.forward(&self.ln_2.forward(&x)?)?.gelu()?)?;
+            .forward(&self.gelu.apply(&self.c_fc.forward(&self.ln_2.forward(&x)?)?)?)?;
         x + h
     }
 }
@@ -259,6 +256,7 @@ impl Gpt2 {
         let dense = precision.dtype();
         let d = config.n_embd;
         let eps = config.layer_norm_epsilon;
+        let gelu = Gelu::from_config(&config.activation_function)?;
         let wte = take("wte.weight", &[config.vocab_size, d], dense)?;
         let wpe = take("wpe.weight", &[config.n_positions, d], DType::F32)?;
         let mut blocks = Vec::with_capacity(config.n_layer);
@@ -288,6 +286,7 @@ impl Gpt2 {
                 })
             };
             blocks.push(Block {
+                gelu,
                 ln_1: norm("ln_1")?,
                 c_attn,
                 attn_proj,

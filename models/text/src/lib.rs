@@ -1,6 +1,7 @@
 //! GPT-2 in candle, its byte-level BPE tokenizer, sampling, retrieval (BM25 then GPT-2
 //! reranking) and embeddings, with no HTTP in it.
 
+mod activation;
 mod attention;
 pub mod embedding;
 pub mod generate;
