@@ -61,6 +61,11 @@ pub struct Generation<'a> {
     options: GenerateOptions,
     cache: KvCache,
     sampler: Sampler,
+    prompt: Vec<u32>,
+    /// Prompt tokens the model has read (into `cache`).
+    prompt_read: usize,
+    /// The log-probabilities of the prompt tokens scored so far, when asked for.
+    prompt_logprobs: Vec<TokenLogprob>,
     /// Logits for the next position.
     logits: Vec<f32>,
     decoder: StreamDecoder,
@@ -70,6 +75,41 @@ pub struct Generation<'a> {
 }
 
 impl<'a> Generation<'a> {
+    /// A generation that has yet to read its prompt: a batching caller runs
+    /// [`Generation::unread_prompt`] (whole, or a piece at a time) through
+    /// [`Gpt2::extend_batch`] on [`Generation::cache_mut`] and hands the logits to
+    /// [`Generation::prompt_read`]. Refuses an empty prompt, one longer than the context, and
+    /// tokens outside the vocabulary, so that a batch never fails for one bad prompt.
+    pub fn new(
+        model: &'a Gpt2,
+        tokenizer: &'a Gpt2Tokenizer,
+        prompt: Vec<u32>,
+        options: GenerateOptions,
+    ) -> Result<Self, TextError> {
+        if prompt.is_empty() {
+            return Err(TextError::Tokenizer("the prompt has no tokens".into()));
+        }
+        model.check(&prompt, 0)?;
+        let sampler = Sampler::new(options.sampling.clone());
+        let stops = StopMatcher::new(options.stop.clone());
+        let finish = (options.max_tokens == 0).then_some(FinishReason::Length);
+        Ok(Self {
+            model,
+            tokenizer,
+            options,
+            cache: KvCache::default(),
+            sampler,
+            prompt,
+            prompt_read: 0,
+            prompt_logprobs: Vec::new(),
+            logits: Vec::new(),
+            decoder: StreamDecoder::default(),
+            stops,
+            generated: 0,
+            finish,
+        })
+    }
+
     /// Runs the prompt through the model; answers the generation and, when `options.logprobs`
     /// is set, the log-probability of each prompt token after the first (what `echo` scores).
     pub fn start(
@@ -78,42 +118,49 @@ impl<'a> Generation<'a> {
         prompt: &[u32],
         options: GenerateOptions,
     ) -> Result<(Self, Vec<TokenLogprob>), TextError> {
-        if prompt.is_empty() {
-            return Err(TextError::Tokenizer("the prompt has no tokens".into()));
-        }
-        let mut cache = KvCache::default();
-        let hidden = model.forward(prompt, &mut cache)?;
-        // The head runs on every position only when the prompt's logprobs are asked for.
-        let scored = match options.logprobs {
-            Some(_) => hidden,
-            None => hidden.narrow(0, prompt.len() - 1, 1)?,
+        let mut generation = Self::new(model, tokenizer, prompt.to_vec(), options)?;
+        let hidden = model.forward(prompt, &mut generation.cache)?;
+        let scored = match generation.scores_prompt() {
+            true => hidden,
+            false => hidden.narrow(0, prompt.len() - 1, 1)?,
         };
-        let rows: Vec<Vec<f32>> = model.logits(&scored)?.to_vec2()?;
-        let prompt_logprobs = match options.logprobs {
-            Some(top) => rows
+        let rows = model.logits(&scored)?.to_vec2()?;
+        let logprobs = generation.prompt_read(prompt.len(), rows).unwrap_or_default();
+        Ok((generation, logprobs))
+    }
+
+    /// The prompt tokens the model has yet to read (none once it has started generating).
+    pub fn unread_prompt(&self) -> &[u32] {
+        &self.prompt[self.prompt_read..]
+    }
+
+    /// Whether the prompt's own log-probabilities are asked for: [`Generation::prompt_read`]
+    /// then needs the logits of every prompt position, otherwise only those of the last.
+    pub fn scores_prompt(&self) -> bool {
+        self.options.logprobs.is_some()
+    }
+
+    /// The model has read the next `count` prompt tokens into the cache; `logits` holds the
+    /// rows of those positions when [`Generation::scores_prompt`], otherwise the last
+    /// position's row once the prompt is complete (and may be empty before). Answers the
+    /// prompt's log-probabilities (empty unless asked for) once the whole prompt is read.
+    pub fn prompt_read(&mut self, count: usize, logits: Vec<Vec<f32>>) -> Option<Vec<TokenLogprob>> {
+        let first = self.prompt_read;
+        self.prompt_read = (first + count).min(self.prompt.len());
+        if let Some(top) = self.options.logprobs {
+            // The row at position p scores prompt token p + 1.
+            for (row, &token) in logits
                 .iter()
-                .zip(&prompt[1..])
-                .map(|(row, &token)| token_logprob(row, token, top))
-                .collect(),
-            None => Vec::new(),
-        };
-        let logits = rows.into_iter().next_back().unwrap_or_default();
-        let sampler = Sampler::new(options.sampling.clone());
-        let stops = StopMatcher::new(options.stop.clone());
-        let finish = (options.max_tokens == 0).then_some(FinishReason::Length);
-        let generation = Self {
-            model,
-            tokenizer,
-            options,
-            cache,
-            sampler,
-            logits,
-            decoder: StreamDecoder::default(),
-            stops,
-            generated: 0,
-            finish,
-        };
-        Ok((generation, prompt_logprobs))
+                .zip(self.prompt.get(first + 1..).unwrap_or_default())
+            {
+                self.prompt_logprobs.push(token_logprob(row, token, top));
+            }
+        }
+        if self.prompt_read < self.prompt.len() {
+            return None;
+        }
+        self.logits = logits.into_iter().next_back().unwrap_or_default();
+        Some(std::mem::take(&mut self.prompt_logprobs))
     }
 
     /// Why it ended, once the iterator is exhausted.
@@ -124,7 +171,7 @@ impl<'a> Generation<'a> {
     /// Samples the next token from the current logits and releases its text. Answers the step
     /// and, unless the generation just ended, the token the model must read next: the caller
     /// runs it (alone with [`Gpt2::forward`], or batched with other generations through
-    /// [`Gpt2::decode_batch`] on [`Generation::cache_mut`]) and hands the logits to
+    /// [`Gpt2::extend_batch`] on [`Generation::cache_mut`]) and hands the logits to
     /// [`Generation::set_logits`].
     pub fn advance(&mut self) -> (Step, Option<u32>) {
         let token = self.sampler.sample(&self.logits);

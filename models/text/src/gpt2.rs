@@ -141,6 +141,14 @@ impl KvCache {
     }
 }
 
+/// One sequence's rows in a batch: from `offset`, `len` of them, at positions from `start`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    offset: usize,
+    start: usize,
+    len: usize,
+}
+
 #[derive(Debug)]
 struct Linear {
     weight: DenseWeight,
@@ -316,24 +324,7 @@ impl Gpt2 {
     /// Runs `tokens` after those already in `cache`, extending it; answers the final hidden
     /// states (new tokens, n_embd), after `ln_f` (for embeddings, retrieval, or [`Gpt2::logits`]).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, TextError> {
-        on_compute_pool(|| self.forward_on_pool(tokens, cache))
-    }
-
-    fn forward_on_pool(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, TextError> {
-        let start = cache.len;
-        self.check(tokens, start)?;
-        if cache.layers.is_empty() {
-            cache.layers.resize_with(self.config.n_layer, || None);
-        }
-        let positions: Vec<u32> = (start as u32..(start + tokens.len()) as u32).collect();
-        let mut x = self.embed(tokens, &positions)?;
-        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
-            let attended = self.attention(&qkv, Some((layer_cache, start)))?;
-            x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
-        }
-        cache.len = start + tokens.len();
-        Ok(self.ln_f.forward(&x)?)
+        self.extend_batch(&[tokens], &mut [cache])
     }
 
     /// Runs independent sequences as one batch and answers each one's final hidden states
@@ -341,80 +332,115 @@ impl Gpt2 {
     /// every sequence's rows at once, which keeps the matrix products large enough to run at
     /// full speed; attention stays within each sequence.
     pub fn forward_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Tensor>, TextError> {
-        for tokens in sequences {
-            self.check(tokens, 0)?;
-        }
-        let tokens: Vec<u32> = sequences.concat();
-        let positions: Vec<u32> = sequences.iter().flat_map(|s| 0..s.len() as u32).collect();
-        let spans: Vec<(usize, usize)> = sequences
-            .iter()
-            .scan(0, |offset, s| {
-                let span = (*offset, s.len());
-                *offset += s.len();
-                Some(span)
-            })
-            .collect();
-        let mut x = self.embed(&tokens, &positions)?;
-        for block in &self.blocks {
-            let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
-            let attended = spans
+        on_compute_pool(|| {
+            let spans = self.spans(sequences, &vec![0; sequences.len()])?;
+            let x = self.run_rows(sequences, &spans, |_, qkv| {
+                let attended = spans
+                    .iter()
+                    .filter(|span| span.len > 0)
+                    .map(|span| self.attention(&qkv.narrow(0, span.offset, span.len)?, None))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&attended, 0)
+            })?;
+            Ok(spans
                 .iter()
-                .filter(|(_, len)| *len > 0)
-                .map(|&(offset, len)| self.attention(&qkv.narrow(0, offset, len)?, None))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let attended = Tensor::cat(&attended, 0)?;
-            x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
-        }
-        let x = self.ln_f.forward(&x)?;
-        Ok(spans
-            .iter()
-            .map(|&(offset, len)| x.narrow(0, offset, len))
-            .collect::<candle_core::Result<_>>()?)
+                .map(|span| x.narrow(0, span.offset, span.len))
+                .collect::<candle_core::Result<_>>()?)
+        })
     }
 
-    /// One decode step of several generations at once: `tokens[i]` follows what `caches[i]`
-    /// holds. The dense layers read their weights once for all the rows, which is what makes a
-    /// batch of generations cost about as much as one; attention runs per sequence against its
-    /// own cache. Answers the final hidden states (batch, n_embd).
-    pub fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor, TextError> {
-        on_compute_pool(|| self.decode_batch_on_pool(tokens, caches))
+    /// One step of several generations at once: `inputs[i]` (at least one token) follows what
+    /// `caches[i]` holds: the token a generation sampled last, or a prompt or a piece of one
+    /// when it starts. The dense layers read their weights once for all the rows, which is
+    /// what makes a batch of generations cost little more than one, and lets a starting
+    /// generation's prompt ride along with the others' tokens instead of stopping them for a
+    /// pass of its own; attention runs per sequence against its own cache. Answers the final
+    /// hidden states of every new row, sequence after sequence (total rows, n_embd).
+    pub fn extend_batch(&self, inputs: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor, TextError> {
+        on_compute_pool(|| self.extend_batch_on_pool(inputs, caches))
     }
 
-    fn decode_batch_on_pool(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor, TextError> {
-        if tokens.len() != caches.len() {
+    fn extend_batch_on_pool(
+        &self,
+        inputs: &[&[u32]],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor, TextError> {
+        if inputs.len() != caches.len() {
             return Err(TextError::Weights(format!(
-                "{} tokens for {} caches",
-                tokens.len(),
+                "{} inputs for {} caches",
+                inputs.len(),
                 caches.len()
             )));
         }
-        for (&token, cache) in tokens.iter().zip(caches.iter_mut()) {
-            self.check(&[token], cache.len)?;
-            if cache.layers.is_empty() {
-                cache.layers.resize_with(self.config.n_layer, || None);
-            }
+        if inputs.iter().any(|tokens| tokens.is_empty()) {
+            return Err(TextError::Tokenizer("an input has no tokens".into()));
         }
-        let positions: Vec<u32> = caches.iter().map(|c| c.len as u32).collect();
-        let mut x = self.embed(tokens, &positions)?;
+        let starts: Vec<usize> = caches.iter().map(|cache| cache.len).collect();
+        let spans = self.spans(inputs, &starts)?;
+        for cache in caches.iter_mut().filter(|cache| cache.layers.is_empty()) {
+            cache.layers.resize_with(self.config.n_layer, || None);
+        }
+        let x = self.run_rows(inputs, &spans, |layer, qkv| {
+            spans
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(span, cache)| {
+                    let slot = &mut cache.layers[layer];
+                    self.attention(&qkv.narrow(0, span.offset, span.len)?, Some((slot, span.start)))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()
+                .and_then(|rows| Tensor::cat(&rows, 0))
+        })?;
+        for (cache, span) in caches.iter_mut().zip(&spans) {
+            cache.len = span.start + span.len;
+        }
+        Ok(x)
+    }
+
+    /// Where each sequence's rows sit in a batch, after checking its tokens.
+    fn spans(&self, sequences: &[&[u32]], starts: &[usize]) -> Result<Vec<Span>, TextError> {
+        let mut offset = 0;
+        sequences
+            .iter()
+            .zip(starts)
+            .map(|(tokens, &start)| {
+                self.check(tokens, start)?;
+                let span = Span {
+                    offset,
+                    start,
+                    len: tokens.len(),
+                };
+                offset += tokens.len();
+                Ok(span)
+            })
+            .collect()
+    }
+
+    /// The layers over a batch's rows, `attend(layer, qkv)` answering the attended rows; then
+    /// `ln_f`.
+    fn run_rows(
+        &self,
+        sequences: &[&[u32]],
+        spans: &[Span],
+        mut attend: impl FnMut(usize, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor, TextError> {
+        let tokens: Vec<u32> = sequences.concat();
+        let positions: Vec<u32> = spans
+            .iter()
+            .flat_map(|span| (span.start..span.start + span.len).map(|p| p as u32))
+            .collect();
+        let mut x = self.embed(&tokens, &positions)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
-            let mut attended = Vec::with_capacity(tokens.len());
-            for (row, cache) in caches.iter_mut().enumerate() {
-                let past = cache.len;
-                let rows = self.attention(&qkv.narrow(0, row, 1)?, Some((&mut cache.layers[layer], past)))?;
-                attended.push(rows);
-            }
-            let attended = Tensor::cat(&attended, 0)?;
+            let attended = attend(layer, &qkv)?;
             x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
-        }
-        for cache in caches.iter_mut() {
-            cache.len += 1;
         }
         Ok(self.ln_f.forward(&x)?)
     }
 
-    /// Refuses tokens outside the vocabulary or beyond the context.
-    fn check(&self, tokens: &[u32], start: usize) -> Result<(), TextError> {
+    /// Refuses tokens outside the vocabulary, or that would run past the context after
+    /// `start` tokens.
+    pub fn check(&self, tokens: &[u32], start: usize) -> Result<(), TextError> {
         let end = start + tokens.len();
         if end > self.config.n_positions {
             return Err(TextError::ContextOverflow {
@@ -478,6 +504,15 @@ impl Gpt2 {
     /// the positions whose logits it needs (one vocabulary-wide product per row).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, TextError> {
         on_compute_pool(|| Ok(crate::matvec::matmul_transposed(hidden, &self.wte)?))
+    }
+
+    /// The logits of some rows of final hidden states, one list per row, in the order asked.
+    pub fn logits_of_rows(&self, hidden: &Tensor, rows: &[u32]) -> Result<Vec<Vec<f32>>, TextError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = Tensor::new(rows, hidden.device())?;
+        Ok(self.logits(&hidden.index_select(&rows, 0)?)?.to_vec2()?)
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{IndexOp, Tensor, D};
 use serde_json::Value;
-use text::{Gpt2, KvCache, WeightPrecision};
+use text::{GenerateOptions, Generation, Gpt2, Gpt2Tokenizer, KvCache, WeightPrecision};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gpt2-tiny")
@@ -228,6 +228,75 @@ fn a_batch_of_sequences_equals_each_sequence_alone() {
         let diff = max_difference(&alone, batched);
         assert!(diff < 1e-5, "{tokens:?}: batched hidden states differ by {diff}");
     }
+}
+
+/// One step mixing what a scheduler feeds: a whole prompt into an empty cache, a sampled token
+/// after a cached prompt, and the second piece of a prompt read in two: each sequence's rows
+/// equal its own pass, and each cache ends where a lone pass leaves it.
+#[test]
+fn a_step_mixing_prompts_and_decoded_tokens_equals_each_alone() {
+    let (model, _) = load();
+    let prompt: Vec<u32> = vec![464, 2068, 7586, 21831, 18045, 625, 262];
+    let (mut fresh, mut decoding, mut halfway) = (KvCache::default(), KvCache::default(), KvCache::default());
+    model.forward(&prompt, &mut decoding).unwrap();
+    model.forward(&prompt[..3], &mut halfway).unwrap();
+    let inputs: [&[u32]; 3] = [&prompt[..5], &[16931], &prompt[3..]];
+    let hidden = model
+        .extend_batch(&inputs, &mut [&mut fresh, &mut decoding, &mut halfway])
+        .unwrap();
+    assert_eq!(hidden.dims(), [5 + 1 + 4, 16]);
+
+    let alone = model.forward(&prompt[..5], &mut KvCache::default()).unwrap();
+    assert!(max_difference(&hidden.i(0..5).unwrap(), &alone) < 1e-5);
+    let mut cache = KvCache::default();
+    let whole: Vec<u32> = prompt.iter().copied().chain([16931]).collect();
+    let alone = model.forward(&whole, &mut cache).unwrap();
+    assert!(max_difference(&hidden.i(5..6).unwrap(), &alone.i(7..8).unwrap()) < 1e-4);
+    let alone = model.forward(&prompt, &mut KvCache::default()).unwrap();
+    assert!(max_difference(&hidden.i(6..10).unwrap(), &alone.i(3..7).unwrap()) < 1e-4);
+    assert_eq!([fresh.len(), decoding.len(), halfway.len()], [5, 8, 7]);
+
+    let refused = model.extend_batch(
+        &[&prompt, &[]],
+        &mut [&mut KvCache::default(), &mut KvCache::default()],
+    );
+    assert!(refused.unwrap_err().to_string().contains("no tokens"));
+}
+
+/// A prompt read in pieces (as a busy scheduler reads a long one) gives the prompt
+/// log-probabilities and the greedy continuation of the prompt read whole.
+#[test]
+fn a_prompt_read_in_pieces_generates_as_if_read_whole() {
+    let (model, _) = load();
+    let tokenizer = Gpt2Tokenizer::builtin().unwrap();
+    let prompt: Vec<u32> = vec![464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13];
+    let options = GenerateOptions {
+        max_tokens: 6,
+        logprobs: Some(2),
+        ..Default::default()
+    };
+    let (whole, whole_logprobs) = Generation::start(&model, &tokenizer, &prompt, options.clone()).unwrap();
+    let want: Vec<u32> = whole.map(|step| step.unwrap().token).collect();
+
+    let mut pieces = Generation::new(&model, &tokenizer, prompt.clone(), options).unwrap();
+    assert!(pieces.scores_prompt());
+    let mut logprobs = None;
+    for piece in [4, 1, 5] {
+        assert!(logprobs.is_none(), "the prompt was done early");
+        let input = pieces.unread_prompt()[..piece].to_vec();
+        let hidden = model.extend_batch(&[&input], &mut [pieces.cache_mut()]).unwrap();
+        let rows: Vec<u32> = (0..piece as u32).collect();
+        logprobs = pieces.prompt_read(piece, model.logits_of_rows(&hidden, &rows).unwrap());
+    }
+    let logprobs = logprobs.expect("the whole prompt was read");
+    assert!(pieces.unread_prompt().is_empty());
+    assert_eq!(logprobs.len(), whole_logprobs.len());
+    for (a, b) in logprobs.iter().zip(&whole_logprobs) {
+        assert_eq!(a.token, b.token);
+        assert!((a.logprob - b.logprob).abs() < 1e-4, "{a:?} vs {b:?}");
+    }
+    let got: Vec<u32> = pieces.map(|step| step.unwrap().token).collect();
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -212,6 +212,10 @@ pub fn spawn_worker(
     })
 }
 
+/// Prompt tokens a step reads while other generations are generating: a long prompt is read
+/// over several steps, so that the others' next tokens wait for at most this many rows.
+const PROMPT_TOKENS_PER_STEP: usize = 128;
+
 /// One choice being generated.
 struct Running<'m> {
     generation: Generation<'m>,
@@ -269,33 +273,18 @@ impl<'m> Scheduler<'m> {
         match job {
             Job::Complete { choices, events } => {
                 for (choice, ChoiceJob { prompt, options }) in choices.into_iter().enumerate() {
-                    let (generation, logprobs) =
-                        match Generation::start(&model.gpt2, &model.tokenizer, &prompt, options) {
-                            Ok(started) => started,
-                            Err(e) => {
-                                let _ = events.send(Event::Failed(e.to_string()));
-                                return;
-                            }
-                        };
-                    if events.send(Event::Prompt { choice, logprobs }).is_err() {
-                        self.cancelled(0);
-                        return;
-                    }
-                    if generation.is_finished() {
-                        let finish_reason = generation.finish_reason().unwrap_or(FinishReason::Length);
-                        let _ = events.send(Event::Done {
+                    match Generation::new(&model.gpt2, &model.tokenizer, prompt, options) {
+                        Ok(generation) => self.running.push(Running {
+                            generation,
                             choice,
-                            finish_reason,
+                            events: events.clone(),
                             completion_tokens: 0,
-                        });
-                        continue;
+                        }),
+                        Err(e) => {
+                            let _ = events.send(Event::Failed(e.to_string()));
+                            return;
+                        }
                     }
-                    self.running.push(Running {
-                        generation,
-                        choice,
-                        events: events.clone(),
-                        completion_tokens: 0,
-                    });
                 }
             }
             Job::Search {
@@ -317,12 +306,32 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// One token for every running generation: sample each, send it, then read all the
-    /// sampled tokens in one batched forward pass.
+    /// One step of every running generation: those generating sample a token and send it,
+    /// those starting read (a piece of) their prompt, and the model reads all of it in one
+    /// batched pass. A new prompt thus joins the step instead of stopping the running
+    /// generations for a pass of its own.
     fn step(&mut self) {
-        let mut next = vec![None; self.running.len()];
-        let mut leaving = vec![false; self.running.len()];
+        let count = self.running.len();
+        let mut inputs: Vec<Vec<u32>> = vec![Vec::new(); count];
+        let mut reading_prompt = vec![false; count];
+        let mut leaving = vec![false; count];
+        let mut prompt_budget = match self
+            .running
+            .iter()
+            .any(|run| run.generation.unread_prompt().is_empty())
+        {
+            true => PROMPT_TOKENS_PER_STEP,
+            false => usize::MAX,
+        };
         for (i, run) in self.running.iter_mut().enumerate() {
+            let unread = run.generation.unread_prompt();
+            if !unread.is_empty() {
+                let take = unread.len().min(prompt_budget);
+                prompt_budget -= take;
+                inputs[i] = unread[..take].to_vec();
+                reading_prompt[i] = true;
+                continue;
+            }
             let (step, token) = run.generation.advance();
             run.completion_tokens += 1;
             let choice = run.choice;
@@ -331,7 +340,7 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             match token {
-                Some(token) => next[i] = Some(token),
+                Some(token) => inputs[i] = vec![token],
                 None => {
                     let finish_reason = run.generation.finish_reason().unwrap_or(FinishReason::Length);
                     let _ = run.events.send(Event::Done {
@@ -348,35 +357,22 @@ impl<'m> Scheduler<'m> {
                 self.cancelled(run.completion_tokens);
             }
         }
-        let tokens: Vec<u32> = next.iter().flatten().copied().collect();
-        if !tokens.is_empty() {
-            let mut caches: Vec<&mut KvCache> = self
-                .running
-                .iter_mut()
-                .zip(&next)
-                .filter(|(_, token)| token.is_some())
-                .map(|(run, _)| run.generation.cache_mut())
-                .collect();
-            let logits = self
-                .model
-                .gpt2
-                .decode_batch(&tokens, &mut caches)
-                .and_then(|hidden| self.model.gpt2.logits(&hidden))
-                .and_then(|logits| Ok(logits.to_vec2::<f32>()?));
-            let fed = self
-                .running
-                .iter_mut()
-                .zip(&next)
-                .enumerate()
-                .filter(|(_, (_, t))| t.is_some());
-            match logits {
-                Ok(rows) => {
-                    for ((_, (run, _)), row) in fed.zip(rows) {
-                        run.generation.set_logits(row);
+        let fed: Vec<usize> = (0..count).filter(|&i| !inputs[i].is_empty()).collect();
+        if !fed.is_empty() {
+            match self.read(&fed, &inputs, &reading_prompt) {
+                Ok(mut logits) => {
+                    for &i in &fed {
+                        let rows = std::mem::take(&mut logits[i]);
+                        if reading_prompt[i] {
+                            leaving[i] = self.prompt_read(i, inputs[i].len(), rows);
+                        } else if let Some(row) = rows.into_iter().next() {
+                            self.running[i].generation.set_logits(row);
+                        }
                     }
                 }
                 Err(e) => {
-                    for (i, (run, _)) in fed {
+                    for &i in &fed {
+                        let run = &mut self.running[i];
                         let _ = run.events.send(Event::Failed(e.to_string()));
                         run.generation.abort();
                         leaving[i] = true;
@@ -389,6 +385,72 @@ impl<'m> Scheduler<'m> {
             index += 1;
             !leaving[index - 1]
         });
+    }
+
+    /// Runs the `fed` generations' inputs in one batched pass; answers, per running generation,
+    /// the logits it needs: every position of a prompt piece whose log-probabilities are asked
+    /// for, the last position of anything else (none for a prompt piece that is not the last
+    /// and not scored).
+    fn read(
+        &mut self,
+        fed: &[usize],
+        inputs: &[Vec<u32>],
+        reading_prompt: &[bool],
+    ) -> Result<Vec<Vec<Vec<f32>>>, TextError> {
+        let mut scored = Vec::new();
+        let mut counts = vec![0; self.running.len()];
+        let mut offset = 0;
+        for &i in fed {
+            let generation = &self.running[i].generation;
+            let len = inputs[i].len();
+            let (first, rows) = if reading_prompt[i] && generation.scores_prompt() {
+                (offset, len)
+            } else if reading_prompt[i] && len < generation.unread_prompt().len() {
+                (offset, 0)
+            } else {
+                (offset + len - 1, 1)
+            };
+            scored.extend((first..first + rows).map(|row| row as u32));
+            counts[i] = rows;
+            offset += len;
+        }
+        let sequences: Vec<&[u32]> = fed.iter().map(|&i| inputs[i].as_slice()).collect();
+        let mut caches: Vec<&mut KvCache> = self
+            .running
+            .iter_mut()
+            .zip(inputs)
+            .filter(|(_, input)| !input.is_empty())
+            .map(|(run, _)| run.generation.cache_mut())
+            .collect();
+        let gpt2 = &self.model.gpt2;
+        let hidden = gpt2.extend_batch(&sequences, &mut caches)?;
+        let mut rows = gpt2.logits_of_rows(&hidden, &scored)?.into_iter();
+        Ok(counts.iter().map(|&n| rows.by_ref().take(n).collect()).collect())
+    }
+
+    /// Hands generation `i` the logits of the prompt piece it read; once the whole prompt is
+    /// in, sends its log-probabilities, and the end when nothing is to be generated. Answers
+    /// whether the generation leaves.
+    fn prompt_read(&mut self, i: usize, count: usize, logits: Vec<Vec<f32>>) -> bool {
+        let run = &mut self.running[i];
+        let Some(logprobs) = run.generation.prompt_read(count, logits) else {
+            return false;
+        };
+        let choice = run.choice;
+        if run.events.send(Event::Prompt { choice, logprobs }).is_err() {
+            self.cancelled(0);
+            return true;
+        }
+        if !run.generation.is_finished() {
+            return false;
+        }
+        let finish_reason = run.generation.finish_reason().unwrap_or(FinishReason::Length);
+        let _ = run.events.send(Event::Done {
+            choice,
+            finish_reason,
+            completion_tokens: 0,
+        });
+        true
     }
 }
 
