@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use rayon::prelude::*;
 use text::{Gpt2, KvCache, WeightPrecision};
 
 #[derive(Parser)]
@@ -28,47 +27,6 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-/// Best of five parallel sums over 1 GiB, each reading one or four streams per task: the rate
-/// at which all cores together read memory. Four streams far apart are what the decode
-/// products read (one stream here reads about a fifth less), so the floor is not understated.
-fn read_bandwidth() -> f64 {
-    let buffer = vec![1f32; 1 << 28];
-    let one_stream = |chunk: &[f32]| {
-        let mut lanes = [0f32; 32];
-        for block in chunk.chunks_exact(32) {
-            lanes.iter_mut().zip(block).for_each(|(l, x)| *l += x);
-        }
-        lanes.iter().sum::<f32>()
-    };
-    let four_streams = |chunk: &[f32]| {
-        let quarter = chunk.len() / 4;
-        let mut lanes = [[0f32; 8]; 4];
-        for i in (0..quarter).step_by(8) {
-            for (s, lanes) in lanes.iter_mut().enumerate() {
-                let block = &chunk[s * quarter + i..][..8];
-                lanes.iter_mut().zip(block).for_each(|(l, x)| *l += x);
-            }
-        }
-        lanes.iter().flatten().sum::<f32>()
-    };
-    let mut best = 0f64;
-    for _ in 0..5 {
-        for streams in [0, 1] {
-            let start = Instant::now();
-            let sum: f32 = buffer
-                .par_chunks(1 << 18)
-                .map(|chunk| match streams {
-                    0 => one_stream(chunk),
-                    _ => four_streams(chunk),
-                })
-                .sum();
-            std::hint::black_box(sum);
-            best = best.max((buffer.len() * 4) as f64 / start.elapsed().as_secs_f64());
-        }
-    }
-    best
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     let config = model.config();
     let dense = config.n_layer * 12 * config.n_embd * config.n_embd + config.vocab_size * config.n_embd;
     let bytes_per_token = dense * if args.bf16 { 2 } else { 4 };
-    let bandwidth = read_bandwidth();
+    let bandwidth = benches::machine::read_bandwidth();
     let floor = bandwidth / bytes_per_token as f64;
     if args.json {
         println!(

@@ -1,0 +1,3 @@
+//! Measuring instruments shared by the benchmark binaries.
+
+pub mod machine;

@@ -1,0 +1,77 @@
+//! What this machine can do at most: multiply-adds per second and memory read bandwidth, on one
+//! thread and on all of them. These are the ceilings the model figures are read against: a
+//! decode step cannot beat the read bandwidth, and concurrency cannot multiply throughput by
+//! more than the second core adds.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+/// Eight-wide multiply-adds per second (in billions) that `threads` OS threads reach together,
+/// each on its own independent chains in registers (no memory traffic).
+pub fn multiply_add_rate(threads: usize) -> f64 {
+    const ROUNDS: usize = 20_000_000;
+    /// Independent accumulators per thread: enough to cover the multiply-add latency.
+    const CHAINS: usize = 12;
+    let run = || {
+        let mut acc = [[1f32; 8]; CHAINS];
+        for _ in 0..ROUNDS {
+            for lanes in acc.iter_mut() {
+                for lane in lanes.iter_mut() {
+                    *lane = lane.mul_add(0.999_999, 1e-7);
+                }
+            }
+        }
+        acc.iter().flatten().sum::<f32>()
+    };
+    let best = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads).map(|_| scope.spawn(run)).collect();
+                for handle in handles {
+                    std::hint::black_box(handle.join().unwrap_or_default());
+                }
+            });
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min);
+    (threads * ROUNDS * CHAINS) as f64 / best / 1e9
+}
+
+/// Bytes per second that the current rayon pool reads from a 1 GiB buffer, best of five sums,
+/// each task reading `streams` (1 or more) far-apart parts of its chunk at once.
+pub fn read_rate(streams: usize) -> f64 {
+    let buffer = vec![1f32; 1 << 28];
+    let streams = streams.max(1);
+    let sum_chunk = |chunk: &[f32]| {
+        // 32 lanes per stream: four vectors of independent additions.
+        let mut parts: Vec<_> = chunk
+            .chunks_exact(chunk.len() / streams)
+            .map(|p| p.chunks_exact(32))
+            .collect();
+        let mut lanes = vec![[0f32; 32]; streams];
+        'blocks: loop {
+            for (part, lanes) in parts.iter_mut().zip(lanes.iter_mut()) {
+                let Some(block) = part.next() else { break 'blocks };
+                lanes.iter_mut().zip(block).for_each(|(l, x)| *l += x);
+            }
+        }
+        lanes.iter().flatten().sum::<f32>()
+    };
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let sum: f32 = buffer.par_chunks(1 << 18).map(sum_chunk).sum();
+            std::hint::black_box(sum);
+            (buffer.len() * 4) as f64 / start.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The rate at which all cores together read memory: the better of one and four streams per
+/// task. Four far-apart streams are what the decode products read (one stream reads about a
+/// fifth less here), so a floor computed from this is not understated.
+pub fn read_bandwidth() -> f64 {
+    read_rate(1).max(read_rate(4))
+}
