@@ -3,7 +3,8 @@
 //! A [`Generation`] is an iterator of [`Step`]s, so a caller can stream each token or collect
 //! them, and stops pulling the moment its client goes away.
 
-use crate::gpt2::{Gpt2, KvCache};
+use crate::attention::KvCache;
+use crate::gpt2::Gpt2;
 use crate::sampling::{log_softmax, Sampler, SamplingParams};
 use crate::tokenizer::{Gpt2Tokenizer, StreamDecoder};
 use crate::TextError;

@@ -15,6 +15,7 @@ use half::bf16;
 use serde::Deserialize;
 
 use crate::activation::Gelu;
+use crate::attention::{attend_alone, attend_cached, Heads, KvCache, SequenceRows};
 use crate::TextError;
 
 /// How the dense weights are held in memory. Decoding reads every dense weight once per step,
@@ -70,83 +71,6 @@ impl Gpt2Config {
         Gelu::from_config(&config.activation_function)?;
         Ok(config)
     }
-}
-
-/// Keys and values of every layer for the tokens seen so far; one per generation.
-#[derive(Debug, Default)]
-pub struct KvCache {
-    layers: Vec<Option<LayerCache>>,
-    len: usize,
-}
-
-/// One layer's keys and values, (heads, capacity, head_dim) each, of which the first positions
-/// are filled. New positions are written in place and the buffers grow by doubling: appending
-/// by concatenation copied the whole cache at every decode step, into a fresh buffer larger
-/// than the last (so the allocator faulted in new pages every time).
-#[derive(Debug)]
-struct LayerCache {
-    keys: Tensor,
-    values: Tensor,
-}
-
-/// Positions a layer cache starts with.
-const MIN_CACHE_CAPACITY: usize = 64;
-
-impl LayerCache {
-    /// Writes `keys` and `values` (heads, new, head_dim) after the `past` positions of `slot`,
-    /// growing it as needed; answers views of all `past + new` keys and values.
-    fn append(
-        slot: &mut Option<LayerCache>,
-        past: usize,
-        keys: &Tensor,
-        values: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let (heads, new, head_dim) = keys.dims3()?;
-        let total = past + new;
-        let cache = match slot.take() {
-            Some(cache) if cache.keys.dim(1)? >= total => cache,
-            old => {
-                let capacity = total.next_power_of_two().max(MIN_CACHE_CAPACITY);
-                let grown = LayerCache {
-                    keys: Tensor::zeros((heads, capacity, head_dim), DType::F32, &Device::Cpu)?,
-                    values: Tensor::zeros((heads, capacity, head_dim), DType::F32, &Device::Cpu)?,
-                };
-                if let Some(old) = old.filter(|_| past > 0) {
-                    grown
-                        .keys
-                        .slice_set(&old.keys.narrow(1, 0, past)?.contiguous()?, 1, 0)?;
-                    grown
-                        .values
-                        .slice_set(&old.values.narrow(1, 0, past)?.contiguous()?, 1, 0)?;
-                }
-                grown
-            }
-        };
-        cache.keys.slice_set(keys, 1, past)?;
-        cache.values.slice_set(values, 1, past)?;
-        let views = (cache.keys.narrow(1, 0, total)?, cache.values.narrow(1, 0, total)?);
-        *slot = Some(cache);
-        Ok(views)
-    }
-}
-
-impl KvCache {
-    /// Tokens already processed.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// One sequence's rows in a batch: from `offset`, `len` of them, at positions from `start`.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    offset: usize,
-    start: usize,
-    len: usize,
 }
 
 #[derive(Debug)]
@@ -338,7 +262,7 @@ impl Gpt2 {
                 let attended = spans
                     .iter()
                     .filter(|span| span.len > 0)
-                    .map(|span| self.attention(&qkv.narrow(0, span.offset, span.len)?, None))
+                    .map(|span| attend_alone(&qkv.narrow(0, span.offset, span.len)?, self.heads()))
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Tensor::cat(&attended, 0)
             })?;
@@ -377,38 +301,31 @@ impl Gpt2 {
         }
         let starts: Vec<usize> = caches.iter().map(|cache| cache.len).collect();
         let spans = self.spans(inputs, &starts)?;
-        for cache in caches.iter_mut().filter(|cache| cache.layers.is_empty()) {
-            cache.layers.resize_with(self.config.n_layer, || None);
+        for cache in caches.iter_mut() {
+            cache.layers.resize_with(self.config.n_layer, Default::default);
         }
         let x = self.run_rows(inputs, &spans, |layer, qkv| {
-            spans
-                .iter()
-                .zip(caches.iter_mut())
-                .map(|(span, cache)| {
-                    let slot = &mut cache.layers[layer];
-                    self.attention(&qkv.narrow(0, span.offset, span.len)?, Some((slot, span.start)))
-                })
-                .collect::<candle_core::Result<Vec<_>>>()
-                .and_then(|rows| Tensor::cat(&rows, 0))
+            let mut layers: Vec<_> = caches.iter_mut().map(|cache| &mut cache.layers[layer]).collect();
+            attend_cached(qkv, &spans, &mut layers, self.heads())
         })?;
         for (cache, span) in caches.iter_mut().zip(&spans) {
-            cache.len = span.start + span.len;
+            cache.len = span.past + span.len;
         }
         Ok(x)
     }
 
     /// Where each sequence's rows sit in a batch, after checking its tokens.
-    fn spans(&self, sequences: &[&[u32]], starts: &[usize]) -> Result<Vec<Span>, TextError> {
+    fn spans(&self, sequences: &[&[u32]], starts: &[usize]) -> Result<Vec<SequenceRows>, TextError> {
         let mut offset = 0;
         sequences
             .iter()
             .zip(starts)
             .map(|(tokens, &start)| {
                 self.check(tokens, start)?;
-                let span = Span {
+                let span = SequenceRows {
                     offset,
-                    start,
                     len: tokens.len(),
+                    past: start,
                 };
                 offset += tokens.len();
                 Ok(span)
@@ -421,13 +338,13 @@ impl Gpt2 {
     fn run_rows(
         &self,
         sequences: &[&[u32]],
-        spans: &[Span],
+        spans: &[SequenceRows],
         mut attend: impl FnMut(usize, &Tensor) -> candle_core::Result<Tensor>,
     ) -> Result<Tensor, TextError> {
         let tokens: Vec<u32> = sequences.concat();
         let positions: Vec<u32> = spans
             .iter()
-            .flat_map(|span| (span.start..span.start + span.len).map(|p| p as u32))
+            .flat_map(|span| (span.past..span.past + span.len).map(|p| p as u32))
             .collect();
         let mut x = self.embed(&tokens, &positions)?;
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -436,6 +353,13 @@ impl Gpt2 {
             x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
         }
         Ok(self.ln_f.forward(&x)?)
+    }
+
+    fn heads(&self) -> Heads {
+        Heads {
+            count: self.config.n_head,
+            dim: self.config.n_embd / self.config.n_head,
+        }
     }
 
     /// Refuses tokens outside the vocabulary, or that would run past the context after
@@ -464,39 +388,6 @@ impl Gpt2 {
             .index_select(&ids, 0)?
             .to_dtype(DType::F32)?
             .add(&self.wpe.index_select(&positions, 0)?)
-    }
-
-    /// Causal self-attention of one sequence's new rows `qkv` (new, 3 x n_embd), after the
-    /// `past` positions of a layer cache that takes the new keys and values, or alone; answers
-    /// the attended rows (new, n_embd).
-    fn attention(
-        &self,
-        qkv: &Tensor,
-        cache: Option<(&mut Option<LayerCache>, usize)>,
-    ) -> candle_core::Result<Tensor> {
-        let new = qkv.dim(0)?;
-        let d = self.config.n_embd;
-        let heads = self.config.n_head;
-        let head_dim = d / heads;
-        let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(1, i * d, d)?
-                .reshape((new, heads, head_dim))?
-                .transpose(0, 1)?
-                .contiguous()
-        };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let (k, v) = match cache {
-            Some((slot, past)) => LayerCache::append(slot, past, &k, &v)?,
-            None => (k, v),
-        };
-        if new == 1 {
-            return crate::attention::attend_one(&q.squeeze(1)?, &k, &v);
-        }
-        let past_len = k.dim(1)? - new;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(new, past_len)?)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        weights.matmul(&v)?.transpose(0, 1)?.reshape((new, d))
     }
 
     /// (rows, vocab) next-token logits of final hidden states (the head tied to the token
@@ -568,13 +459,4 @@ fn bf16_on_huge_pages(tensor: &Tensor, transpose: bool) -> candle_core::Result<T
     // SAFETY: the loop above wrote each of the first `values.len()` elements.
     unsafe { narrowed.set_len(values.len()) };
     Tensor::from_vec(narrowed, dims, tensor.device())
-}
-
-/// (new, past + new) additive mask: new token i sees every past token and new tokens 0..=i.
-fn causal_mask(new: usize, past: usize) -> candle_core::Result<Tensor> {
-    let total = past + new;
-    let values: Vec<f32> = (0..new)
-        .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(values, (new, total), &Device::Cpu)
 }

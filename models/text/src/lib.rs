@@ -11,9 +11,10 @@ pub mod retrieval;
 pub mod sampling;
 pub mod tokenizer;
 
+pub use attention::KvCache;
 pub use embedding::embed;
 pub use generate::{FinishReason, GenerateOptions, Generation, Step, TokenLogprob};
-pub use gpt2::{Gpt2, Gpt2Config, KvCache, WeightPrecision};
+pub use gpt2::{Gpt2, Gpt2Config, WeightPrecision};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{Gpt2Tokenizer, StreamDecoder, END_OF_TEXT};
 
