@@ -259,34 +259,36 @@ mod kernels {
         }
     }
 
-    /// The dot products of `S` weight rows with one activation row, two accumulators each.
+    /// The dot products of `S` weight rows with `R` activation rows, one accumulator each: per
+    /// eight columns, `S + R` loads serve `S x R` multiply-adds.
     #[inline(always)]
-    pub fn dots_of_rows<W: Weight, const S: usize>(e: [&[W]; S], x: &[f32]) -> [f32; S] {
-        let len = x.len();
-        assert!(e.iter().all(|row| row.len() >= len));
-        let pairs = len / 16 * 16;
-        // SAFETY: AVX2 and FMA are enabled at compile time; every access is sixteen elements
-        // at `j < pairs <= len`, within `x` and each weight row (asserted).
+    pub fn dots<W: Weight, const S: usize, const R: usize>(e: [&[W]; S], x: [&[f32]; R]) -> [[f32; R]; S] {
+        let len = x.first().map_or(0, |row| row.len());
+        assert!(e.iter().all(|row| row.len() >= len) && x.iter().all(|row| row.len() >= len));
+        let vectors = len / 8 * 8;
+        // SAFETY: AVX2 and FMA are enabled at compile time; every access is eight elements at
+        // `j < vectors <= len`, within each weight and activation row (asserted).
         let mut totals = unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; S];
-            for j in (0..pairs).step_by(16) {
-                let (x0, x1) = (
-                    _mm256_loadu_ps(x.as_ptr().add(j)),
-                    _mm256_loadu_ps(x.as_ptr().add(j + 8)),
-                );
+            let mut acc = [[_mm256_setzero_ps(); R]; S];
+            for j in (0..vectors).step_by(8) {
+                let xs = x.map(|row| _mm256_loadu_ps(row.as_ptr().add(j)));
                 for (acc, row) in acc.iter_mut().zip(&e) {
-                    acc[0] = _mm256_fmadd_ps(W::load8(row.as_ptr().add(j)), x0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(W::load8(row.as_ptr().add(j + 8)), x1, acc[1]);
+                    let w = W::load8(row.as_ptr().add(j));
+                    for (acc, &xv) in acc.iter_mut().zip(&xs) {
+                        *acc = _mm256_fmadd_ps(w, xv, *acc);
+                    }
                 }
             }
-            acc.map(|[a, b]| horizontal_sum(_mm256_add_ps(a, b)))
+            acc.map(|row| row.map(|v| horizontal_sum(v)))
         };
-        for (total, row) in totals.iter_mut().zip(&e) {
-            *total += row[pairs..len]
-                .iter()
-                .zip(&x[pairs..])
-                .map(|(a, b)| a.widen() * b)
-                .sum::<f32>();
+        for (totals, weights) in totals.iter_mut().zip(&e) {
+            for (total, row) in totals.iter_mut().zip(&x) {
+                *total += weights[vectors..len]
+                    .iter()
+                    .zip(&row[vectors..len])
+                    .map(|(a, b)| a.widen() * b)
+                    .sum::<f32>();
+            }
         }
         totals
     }
@@ -294,39 +296,12 @@ mod kernels {
     /// The sum of a vector's eight lanes.
     #[inline(always)]
     unsafe fn horizontal_sum(v: __m256) -> f32 {
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds eight f32; AVX is enabled at compile time.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-        lanes.iter().sum()
-    }
-
-    /// The dot products of one weight row with `R` activation rows, two accumulators each.
-    #[inline(always)]
-    pub fn dots<W: Weight, const R: usize>(e: &[W], x: [&[f32]; R]) -> [f32; R] {
-        let len = e.len();
-        assert!(x.iter().all(|row| row.len() >= len));
-        let pairs = len / 16 * 16;
-        // SAFETY: AVX2 and FMA are enabled at compile time; every access is sixteen elements
-        // at `j < pairs <= len`, within `e` and each activation row (asserted).
-        let mut totals = unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for j in (0..pairs).step_by(16) {
-                let (e0, e1) = (W::load8(e.as_ptr().add(j)), W::load8(e.as_ptr().add(j + 8)));
-                for (acc, row) in acc.iter_mut().zip(&x) {
-                    acc[0] = _mm256_fmadd_ps(e0, _mm256_loadu_ps(row.as_ptr().add(j)), acc[0]);
-                    acc[1] = _mm256_fmadd_ps(e1, _mm256_loadu_ps(row.as_ptr().add(j + 8)), acc[1]);
-                }
-            }
-            acc.map(|[a, b]| horizontal_sum(_mm256_add_ps(a, b)))
-        };
-        for (total, row) in totals.iter_mut().zip(&x) {
-            *total += e[pairs..]
-                .iter()
-                .zip(&row[pairs..len])
-                .map(|(a, b)| a.widen() * b)
-                .sum::<f32>();
+        // SAFETY: register operations; AVX is enabled at compile time.
+        unsafe {
+            let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
         }
-        totals
     }
 }
 
@@ -363,31 +338,8 @@ mod kernels {
     }
 
     #[inline(always)]
-    pub fn dots_of_rows<W: Weight, const S: usize>(e: [&[W]; S], x: &[f32]) -> [f32; S] {
-        e.map(|row| {
-            let [total] = dots(row, [x]);
-            total
-        })
-    }
-
-    #[inline(always)]
-    pub fn dots<W: Weight, const R: usize>(e: &[W], x: [&[f32]; R]) -> [f32; R] {
-        x.map(|row| {
-            let mut lanes = [0f32; 32];
-            let (e32, x32) = (e.chunks_exact(32), row.chunks_exact(32));
-            let tail: f32 = e32
-                .remainder()
-                .iter()
-                .zip(x32.remainder())
-                .map(|(a, b)| a.widen() * b)
-                .sum();
-            for (a, b) in e32.zip(x32) {
-                for k in 0..32 {
-                    lanes[k] += a[k].widen() * b[k];
-                }
-            }
-            lanes.iter().sum::<f32>() + tail
-        })
+    pub fn dots<W: Weight, const S: usize, const R: usize>(e: [&[W]; S], x: [&[f32]; R]) -> [[f32; R]; S] {
+        e.map(|weights| x.map(|row| weights.iter().zip(row).map(|(a, b)| a.widen() * b).sum()))
     }
 }
 
@@ -524,46 +476,45 @@ fn rows_times_transposed<W: Weight>(x: &[f32], e: &[W], rows: usize, d: usize, v
         .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
         .max(1);
     let e_row = |v: usize| &e[v * d..(v + 1) * d];
-    if rows == 1 {
-        // One weight row from each quarter of the block at a time.
-        let mut y = vec![0f32; vocab];
-        y.par_chunks_mut(block_rows).enumerate().for_each(|(block, out)| {
-            let first = block * block_rows;
-            let quarter = out.len() / STREAMS;
-            for i in 0..quarter {
-                let rows: [&[W]; STREAMS] = std::array::from_fn(|s| e_row(first + s * quarter + i));
-                let values = kernels::dots_of_rows(rows, x);
-                for (s, value) in values.into_iter().enumerate() {
-                    out[s * quarter + i] = value;
-                }
-            }
-            for (k, value) in out.iter_mut().enumerate().skip(STREAMS * quarter) {
-                [*value] = kernels::dots(e_row(first + k), [x]);
-            }
-        });
-        return y;
-    }
+    let x_row = |r: usize| &x[r * d..(r + 1) * d];
     let mut by_token = vec![0f32; vocab * rows];
     by_token
         .par_chunks_mut(rows * block_rows)
         .enumerate()
         .for_each(|(block, out)| {
-            for (k, slot) in out.chunks_mut(rows).enumerate() {
-                let e_row = e_row(block * block_rows + k);
-                // Activation rows four at a time, so that each weight vector serves them all.
-                let x_row = |r: usize| &x[r * d..(r + 1) * d];
-                let mut quads = slot.chunks_exact_mut(4);
-                for (quad, values) in (&mut quads).enumerate() {
-                    let r = 4 * quad;
-                    let four = [x_row(r), x_row(r + 1), x_row(r + 2), x_row(r + 3)];
-                    values.copy_from_slice(&kernels::dots(e_row, four));
+            let first = block * block_rows;
+            let count = out.len() / rows;
+            // One weight row from each quarter of the block at a time, against the activation
+            // rows two at a time (then one, for an odd count).
+            let quarter = count / STREAMS;
+            for i in 0..quarter {
+                let weights: [&[W]; STREAMS] = std::array::from_fn(|s| e_row(first + s * quarter + i));
+                let slot = |s: usize, r: usize| (s * quarter + i) * rows + r;
+                for r in (0..rows / 2 * 2).step_by(2) {
+                    for (s, [a, b]) in kernels::dots(weights, [x_row(r), x_row(r + 1)])
+                        .into_iter()
+                        .enumerate()
+                    {
+                        out[slot(s, r)] = a;
+                        out[slot(s, r + 1)] = b;
+                    }
                 }
-                let done = rows / 4 * 4;
-                for (i, value) in quads.into_remainder().iter_mut().enumerate() {
-                    [*value] = kernels::dots(e_row, [x_row(done + i)]);
+                if rows % 2 == 1 {
+                    for (s, [value]) in kernels::dots(weights, [x_row(rows - 1)]).into_iter().enumerate() {
+                        out[slot(s, rows - 1)] = value;
+                    }
+                }
+            }
+            for k in STREAMS * quarter..count {
+                for r in 0..rows {
+                    let [[value]] = kernels::dots([e_row(first + k)], [x_row(r)]);
+                    out[k * rows + r] = value;
                 }
             }
         });
+    if rows == 1 {
+        return by_token;
+    }
     let mut y = vec![0f32; rows * vocab];
     for (v, slot) in by_token.chunks_exact(rows).enumerate() {
         for (r, &value) in slot.iter().enumerate() {
@@ -576,7 +527,7 @@ fn rows_times_transposed<W: Weight>(x: &[f32], e: &[W], rows: usize, d: usize, v
 /// `a . b` for two f32 rows of one length, in the vector kernel of the products (a plain sum
 /// is one long chain of dependent additions: the compiler may not reorder float additions).
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let [total] = kernels::dots(a, [b]);
+    let [[total]] = kernels::dots([a], [b]);
     total
 }
 
