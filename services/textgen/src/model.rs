@@ -326,6 +326,11 @@ impl<'m> Scheduler<'m> {
         for (i, run) in self.running.iter_mut().enumerate() {
             let unread = run.generation.unread_prompt();
             if !unread.is_empty() {
+                // A client gone while its long prompt is read in pieces stops it here.
+                if run.events.is_closed() {
+                    leaving[i] = true;
+                    continue;
+                }
                 let take = unread.len().min(prompt_budget);
                 prompt_budget -= take;
                 inputs[i] = unread[..take].to_vec();
