@@ -192,7 +192,8 @@ pub enum Job {
 
 /// Starts the model thread. Generations run with continuous batching: each step decodes one
 /// token of every running generation in one batched pass (up to `max_batch` of them); new
-/// requests join between steps, finished ones leave. Searches and embeddings run between steps.
+/// requests join between steps and read their prompts inside them, finished ones leave.
+/// Searches and embeddings run between steps.
 /// A client that goes away (its event channel closed) leaves at the next step; a search stops
 /// at its next batch of candidates.
 pub fn spawn_worker(
