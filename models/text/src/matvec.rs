@@ -1,12 +1,14 @@
 //! Matrix products for a few rows (decode steps, short prompts, batched decoding), with f32 or
-//! bf16 weights. Such a product is bound by memory: every weight is read once per call and used
-//! `rows` times, so the kernels are built around reading the weights at full bandwidth.
+//! bf16 weights. With one row such a product is bound by memory: every weight is read once per
+//! call and used once, so the kernel is built around reading the weights at full bandwidth.
+//! With several rows the arithmetic costs as much, and the rows run as register tiles.
 //!
 //! A general GEMM packs the whole weight matrix for each call, which for one row costs more than
 //! the product itself. Splitting the work by output column is no better: each thread then reads
 //! a short piece of every weight row and the hardware prefetchers lose the stream (11 GB/s here
 //! against the 21 GB/s this machine reads). So [`linear`] splits the *inputs* between threads:
-//! each streams one contiguous block of the matrix into its own partial sums, added at the end.
+//! each reads its own block of the matrix (for one row, four far-apart streams of it) into its
+//! own partial sums, added at the end.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
