@@ -90,12 +90,19 @@ impl LayerCache {
         (&self.keys[start..start + len], &self.values[start..start + len])
     }
 
-    /// The keys and values of the first `total` positions as (heads, total, head_dim) tensors.
+    /// The keys and values of the first `total` positions as (heads, total, head_dim) tensors,
+    /// copied out of the buffers (only the filled positions).
     fn tensors(&self, total: usize, heads: Heads) -> candle_core::Result<(Tensor, Tensor)> {
-        let shape = (heads.count, self.capacity, heads.dim);
+        let filled = |buffer: &[f32]| -> Vec<f32> {
+            (0..heads.count)
+                .flat_map(|h| &buffer[h * self.capacity * heads.dim..][..total * heads.dim])
+                .copied()
+                .collect()
+        };
+        let shape = (heads.count, total, heads.dim);
         Ok((
-            Tensor::from_slice(&self.keys, shape, &Device::Cpu)?.narrow(1, 0, total)?,
-            Tensor::from_slice(&self.values, shape, &Device::Cpu)?.narrow(1, 0, total)?,
+            Tensor::from_vec(filled(&self.keys), shape, &Device::Cpu)?,
+            Tensor::from_vec(filled(&self.values), shape, &Device::Cpu)?,
         ))
     }
 }
@@ -192,7 +199,7 @@ fn causal(q: &Tensor, keys: &Tensor, values: &Tensor, heads: Heads) -> candle_co
     let scores = (q.matmul(&keys.t()?)? * scale)?.broadcast_add(&causal_mask(new, past)?)?;
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     weights
-        .matmul(&values.contiguous()?)?
+        .matmul(values)?
         .transpose(0, 1)?
         .reshape((new, heads.width()))
 }
