@@ -103,7 +103,7 @@ fn decode_jpeg_like_pillow(bytes: &[u8]) -> Result<Option<RgbImage>, VisionError
         let (width, height) = (started.width() as u32, started.height() as u32);
         let pixels: Vec<[u8; 3]> = started.read_scanlines()?;
         started.finish()?;
-        Ok(RgbImage::from_raw(width, height, pixels.concat()))
+        Ok(RgbImage::from_raw(width, height, pixels.into_flattened()))
     });
     match decoded {
         Ok(Ok(image)) => Ok(image),
@@ -152,14 +152,18 @@ impl Preprocessing {
         };
         let top = centred_offset(resize_h, out_h);
         let left = centred_offset(resize_w, out_w);
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.std[c]));
-        let shift: [f32; 3] = std::array::from_fn(|c| self.mean[c] / self.std[c]);
-        let mut out = Vec::with_capacity(out_h * out_w * 3);
-        for y in top..top + out_h {
-            for x in left..left + out_w {
-                let p = source.get_pixel(x as u32, y as u32).0;
+        // One table per channel: normalising is then a lookup per value.
+        let table: [[f32; 256]; 3] = std::array::from_fn(|c| {
+            let (scale, shift) = (1.0 / (255.0 * self.std[c]), self.mean[c] / self.std[c]);
+            std::array::from_fn(|level| level as f32 * scale - shift)
+        });
+        let stride = source.width() as usize * 3;
+        let mut out = vec![0f32; out_h * out_w * 3];
+        for (y, row) in (top..).zip(out.chunks_exact_mut(out_w * 3)) {
+            let pixels = &source.as_raw()[y * stride + left * 3..][..out_w * 3];
+            for (values, levels) in row.chunks_exact_mut(3).zip(pixels.chunks_exact(3)) {
                 for c in 0..3 {
-                    out.push(f32::from(p[c]) * scale[c] - shift[c]);
+                    values[c] = table[c][usize::from(levels[c])];
                 }
             }
         }

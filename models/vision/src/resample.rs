@@ -5,6 +5,7 @@
 //! a vertical pass. Matching it exactly keeps the model's inputs identical to the reference's.
 
 use image::RgbImage;
+use rayon::prelude::*;
 
 /// Pillow's resampling filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +96,17 @@ fn clip8(value: i32) -> u8 {
 /// Pillow's rounding term: a half in the fixed-point scale, added before the sums are shifted.
 const ROUND: i32 = 1 << (PRECISION_BITS - 1);
 
+/// Output rows per parallel task: rows are independent, and a photo's thousands of rows shared
+/// between the threads halve a lone request's resize; a small image stays one or two tasks.
+const ROWS_PER_TASK: usize = 64;
+
 /// Resamples each row of an RGB image (`width` x `height`) to `out_w` pixels.
 fn horizontal_pass(src: &[u8], (width, height): (usize, usize), out_w: usize, c: &Coefficients) -> Vec<u8> {
     let mut out = vec![0u8; out_w * height * 3];
-    for (src_row, out_row) in src.chunks_exact(width * 3).zip(out.chunks_exact_mut(out_w * 3)) {
+    let rows = src
+        .par_chunks_exact(width * 3)
+        .zip(out.par_chunks_exact_mut(out_w * 3));
+    rows.with_min_len(ROWS_PER_TASK).for_each(|(src_row, out_row)| {
         for (x, dst) in out_row.chunks_exact_mut(3).enumerate() {
             let (min, count) = c.taps[x];
             let weights = &c.weights[x * c.kernel_size..][..count];
@@ -115,7 +123,7 @@ fn horizontal_pass(src: &[u8], (width, height): (usize, usize), out_w: usize, c:
                 *d = clip8(sum);
             }
         }
-    }
+    });
     out
 }
 
@@ -126,19 +134,22 @@ fn vertical_pass(src: &[u8], (width, height): (usize, usize), out_h: usize, c: &
     let row_len = width * 3;
     debug_assert_eq!(src.len(), row_len * height);
     let mut out = vec![0u8; row_len * out_h];
-    let mut sums = vec![0i32; row_len];
-    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
-        let (min, count) = c.taps[y];
-        sums.fill(ROUND);
-        for (i, &w) in c.weights[y * c.kernel_size..][..count].iter().enumerate() {
-            for (sum, &v) in sums.iter_mut().zip(&src[(min + i) * row_len..][..row_len]) {
-                *sum += i32::from(v) * w;
+    let rows = out.par_chunks_exact_mut(row_len).enumerate();
+    rows.with_min_len(ROWS_PER_TASK).for_each_init(
+        || vec![0i32; row_len],
+        |sums, (y, out_row)| {
+            let (min, count) = c.taps[y];
+            sums.fill(ROUND);
+            for (i, &w) in c.weights[y * c.kernel_size..][..count].iter().enumerate() {
+                for (sum, &v) in sums.iter_mut().zip(&src[(min + i) * row_len..][..row_len]) {
+                    *sum += i32::from(v) * w;
+                }
             }
-        }
-        for (d, &sum) in out_row.iter_mut().zip(&sums) {
-            *d = clip8(sum);
-        }
-    }
+            for (d, &sum) in out_row.iter_mut().zip(sums.iter()) {
+                *d = clip8(sum);
+            }
+        },
+    );
     out
 }
 
