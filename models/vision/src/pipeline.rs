@@ -151,11 +151,8 @@ impl ImageClassifier {
 
     /// The `k` most probable classes, best first.
     pub fn top_k(&self, probabilities: &[f32], k: usize) -> Vec<Prediction> {
-        let mut order: Vec<usize> = (0..probabilities.len()).collect();
-        order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]).then(a.cmp(&b)));
-        order
+        most_probable(probabilities, k)
             .into_iter()
-            .take(k)
             .map(|index| Prediction {
                 label: self
                     .labels
@@ -166,5 +163,32 @@ impl ImageClassifier {
                 score: probabilities[index],
             })
             .collect()
+    }
+}
+
+/// The indices of the `k` highest values, highest first, ties by index. That is a total order,
+/// so selecting the first `k` and sorting only those gives what sorting all of them would.
+fn most_probable(probabilities: &[f32], k: usize) -> Vec<usize> {
+    let by_score = |a: &usize, b: &usize| probabilities[*b].total_cmp(&probabilities[*a]).then(a.cmp(b));
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    if k < order.len() {
+        order.select_nth_unstable_by(k, by_score);
+        order.truncate(k);
+    }
+    order.sort_by(by_score);
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_probable;
+
+    #[test]
+    fn the_k_most_probable_are_those_a_full_sort_puts_first() {
+        let probabilities = [0.1, 0.3, 0.05, 0.3, 0.2, 0.0, 0.05];
+        let sorted = [1, 3, 4, 0, 2, 6, 5];
+        for k in 0..=probabilities.len() + 1 {
+            assert_eq!(most_probable(&probabilities, k), sorted[..k.min(sorted.len())], "k = {k}");
+        }
     }
 }
