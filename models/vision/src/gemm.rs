@@ -42,15 +42,40 @@ impl PackedWeights {
     /// Packs a row-major (inputs, outputs) matrix and its bias.
     pub fn pack(weight: &[f32], bias: &[f32], inputs: usize, outputs: usize) -> Self {
         assert_eq!(weight.len(), inputs * outputs, "weight is not {inputs}x{outputs}");
+        Self::from_fn(bias, inputs, outputs, |k, column| weight[k * outputs + column])
+    }
+
+    /// Packs a row-major (outputs, inputs) matrix, the layout PyTorch stores linear and 1x1
+    /// convolution weights in, and its bias: no transposed copy first.
+    pub fn pack_transposed(weight: &[f32], bias: &[f32], inputs: usize, outputs: usize) -> Self {
+        assert_eq!(weight.len(), inputs * outputs, "weight is not {outputs}x{inputs}");
+        Self::from_fn(bias, inputs, outputs, |k, column| weight[column * inputs + k])
+    }
+
+    /// Packs the (inputs, outputs) matrix whose values are `value(input, output)`, and its
+    /// bias: weights can be rearranged or scaled while they are packed (panels in parallel).
+    pub fn from_fn(
+        bias: &[f32],
+        inputs: usize,
+        outputs: usize,
+        value: impl Fn(usize, usize) -> f32 + Sync,
+    ) -> Self {
         assert_eq!(bias.len(), outputs, "bias is not {outputs} long");
         let count = outputs.div_ceil(PANEL);
         let mut panels = vec![0f32; count * inputs * PANEL];
-        for (p, panel) in panels.chunks_exact_mut(inputs * PANEL).enumerate() {
-            let columns = PANEL.min(outputs - p * PANEL);
-            for (k, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
-                let src = &weight[k * outputs + p * PANEL..][..columns];
-                dst[..columns].copy_from_slice(src);
-            }
+        if inputs > 0 {
+            panels
+                .par_chunks_exact_mut(inputs * PANEL)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    let first = p * PANEL;
+                    let columns = PANEL.min(outputs - first);
+                    for (k, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+                        for (j, d) in dst[..columns].iter_mut().enumerate() {
+                            *d = value(k, first + j);
+                        }
+                    }
+                });
         }
         let mut padded = vec![0f32; count * PANEL];
         padded[..outputs].copy_from_slice(bias);
@@ -342,6 +367,9 @@ mod tests {
             let bias = values(n, 200 + i as u64);
             let residual = values(rows * n, 300 + i as u64);
             let packed = PackedWeights::pack(&w, &bias, k, n);
+            let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+            let packed_from_transposed = PackedWeights::pack_transposed(&transposed, &bias, k, n);
+            assert_eq!(packed.panels, packed_from_transposed.panels, "{rows}x{k}x{n}");
             for (activation, with_residual) in [(Activation::Relu6, false), (Activation::Identity, true)] {
                 let got = product(
                     &a,

@@ -139,7 +139,7 @@ impl MobileNetV2 {
                         head.out_channels()
                     )));
                 }
-                Some(pack(&weight.t()?, bias)?)
+                Some(pack(weight, bias)?)
             }
             None => None,
         };
@@ -216,11 +216,24 @@ impl Module for MobileNetV2 {
 }
 
 /// Packs a (in, out) weight matrix and its bias for [`ops::conv2d`] and [`ops::linear`].
+/// Packs an (outputs, inputs) weight, PyTorch's layout, and its bias for the GEMM.
 fn pack(weight: &Tensor, bias: &Tensor) -> Result<PackedWeights, VisionError> {
-    let (inputs, outputs) = weight.dims2()?;
-    let weight = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (outputs, inputs) = weight.dims2()?;
     let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    Ok(PackedWeights::pack(&weight, &bias, inputs, outputs))
+    with_values(weight, |weight| {
+        PackedWeights::pack_transposed(weight, &bias, inputs, outputs)
+    })
+}
+
+/// Runs `f` on a tensor's values as f32, in place when they are f32 and contiguous already
+/// (the loaded weights are), rather than copied into a new vector.
+fn with_values<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, VisionError> {
+    let tensor = tensor.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = tensor.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        return Err(VisionError::Weights("weights must be on the CPU".into()));
+    };
+    Ok(f(ops::contiguous_f32(storage, layout, "weights")?))
 }
 
 struct Loader<'a> {
@@ -268,17 +281,27 @@ impl Loader<'_> {
             )));
         }
         let (scale, shift) = self.batch_norm(bn, out_channels)?;
-        let weight = weight.broadcast_mul(&scale.reshape((out_channels, 1, 1, 1))?)?;
-        let weight = weight
-            .permute((2, 3, 1, 0))?
-            .reshape((kh * kw * in_channels, out_channels))?;
+        let (scale, shift) = (scale.to_vec1::<f32>()?, shift.to_vec1::<f32>()?);
+        // Packed straight from PyTorch's (Cout, Cin, K, K), scaled by the BatchNorm on the way:
+        // GEMM input `k` is im2col's order, tap `k / Cin` (row by row) of channel `k % Cin`.
+        let taps = kh * kw;
+        let weights = with_values(&weight, |weight| {
+            PackedWeights::from_fn(&shift, taps * in_channels, out_channels, |k, output| {
+                let index = if taps == 1 {
+                    output * in_channels + k
+                } else {
+                    (output * in_channels + k % in_channels) * taps + k / in_channels
+                };
+                weight[index] * scale[output]
+            })
+        })?;
         let padding = if kh == 1 {
             Padding::Symmetric
         } else {
             self.arch.padding
         };
         Ok(FoldedConv {
-            weights: pack(&weight, &shift)?,
+            weights,
             geometry: ConvGeometry {
                 kernel: kh,
                 stride,

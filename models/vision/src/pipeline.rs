@@ -188,7 +188,11 @@ mod tests {
         let probabilities = [0.1, 0.3, 0.05, 0.3, 0.2, 0.0, 0.05];
         let sorted = [1, 3, 4, 0, 2, 6, 5];
         for k in 0..=probabilities.len() + 1 {
-            assert_eq!(most_probable(&probabilities, k), sorted[..k.min(sorted.len())], "k = {k}");
+            assert_eq!(
+                most_probable(&probabilities, k),
+                sorted[..k.min(sorted.len())],
+                "k = {k}"
+            );
         }
     }
 }
