@@ -215,8 +215,7 @@ impl Module for MobileNetV2 {
     }
 }
 
-/// Packs a (in, out) weight matrix and its bias for [`ops::conv2d`] and [`ops::linear`].
-/// Packs an (outputs, inputs) weight, PyTorch's layout, and its bias for the GEMM.
+/// Packs an (outputs, inputs) weight, PyTorch's layout, and its bias for [`ops::linear`].
 fn pack(weight: &Tensor, bias: &Tensor) -> Result<PackedWeights, VisionError> {
     let (outputs, inputs) = weight.dims2()?;
     let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
