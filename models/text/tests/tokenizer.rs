@@ -66,3 +66,85 @@ fn end_of_text_is_one_special_token() {
         assert_eq!(tokenizer.decode(&[15496, 11, 995, 0]), "Hello, world!");
     }
 }
+
+/// GPT-2's BPE as Hugging Face's `tokenizers` builds it (the old implementation of this crate),
+/// saved as the `tokenizer.json` a model directory carries.
+fn huggingface_tokenizer() -> tokenizers::Tokenizer {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    let gunzip = |name: &str| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(std::fs::File::open(data.join(name)).unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        text
+    };
+    let vocab: ahash::AHashMap<String, u32> = serde_json::from_str(&gunzip("gpt2-vocab.json.gz")).unwrap();
+    let merges = gunzip("gpt2-merges.txt.gz")
+        .lines()
+        .filter(|line| !line.starts_with("#version") && !line.is_empty())
+        .map(|line| {
+            let (a, b) = line.split_once(' ').unwrap();
+            (a.to_string(), b.to_string())
+        })
+        .collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
+    tokenizer
+        .add_special_tokens([tokenizers::AddedToken::from(text::END_OF_TEXT, true)])
+        .unwrap();
+    tokenizer
+}
+
+/// A `tokenizer.json` written by `tokenizers` reads back into the same tokenizer: the same ids
+/// as `tokenizers` gives, on the corpus and on a 20,000-character run of one symbol (one
+/// pre-token, which the merges must not take quadratic time over).
+#[test]
+fn tokenizer_json_written_by_tokenizers_encodes_as_tokenizers_does() {
+    let reference = huggingface_tokenizer();
+    let dir = std::env::temp_dir().join(format!("tokenizer-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    reference.save(&path, false).unwrap();
+    let ours = Gpt2Tokenizer::from_tokenizer_json(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(ours.vocab_size(), 50_257);
+    let corpus = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer-corpus.jsonl"),
+    )
+    .unwrap();
+    let long_run = "!".repeat(20_000) + " and the end";
+    let texts = corpus
+        .lines()
+        .take(2_000)
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .chain([long_run, "a<|endoftext|>b<|endoftext|>".to_string()]);
+    for text in texts {
+        let want = reference.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(ours.encode(&text).unwrap(), want, "encoding {text:?}");
+    }
+}
+
+#[test]
+fn a_tokenizer_json_that_is_not_gpt2s_bpe_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tokenizer-json-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, r#"{"model": {"type": "WordPiece", "vocab": {}}}"#).unwrap();
+    let error = Gpt2Tokenizer::from_tokenizer_json(&path).unwrap_err().to_string();
+    assert!(error.contains("not a BPE model"), "{error}");
+    std::fs::write(&path, "{not json").unwrap();
+    assert!(Gpt2Tokenizer::from_tokenizer_json(&path).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
