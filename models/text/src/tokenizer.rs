@@ -27,12 +27,14 @@ const PRE_TOKENS: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}
 
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
+/// (left, right) token pair -> (its merge's rank, the merged token).
+type MergeTable = Map<(u32, u32), (u32, u32)>;
+
 /// A GPT-2 tokenizer and the raw bytes of every token.
 pub struct Gpt2Tokenizer {
     /// The token of each single byte: every pre-token starts as these.
     byte_tokens: [u32; 256],
-    /// (left, right) token pair -> (its merge's rank, the merged token).
-    merges: Map<(u32, u32), (u32, u32)>,
+    merges: MergeTable,
     /// Tokens matched in the raw text before anything else (`<|endoftext|>`).
     special: Vec<(String, u32)>,
     tokens: TokenBytes,
@@ -316,11 +318,8 @@ impl TokenBytes {
     }
 }
 
-/// (left, right) token pair -> (the merge's rank, the merged token), from merges in rank order.
-fn merge_table(
-    vocab: &Map<String, u32>,
-    merges: &[(&str, &str)],
-) -> Result<Map<(u32, u32), (u32, u32)>, TextError> {
+/// The merges' table, from merges in rank order.
+fn merge_table(vocab: &Map<String, u32>, merges: &[(&str, &str)]) -> Result<MergeTable, TextError> {
     let id_of = |token: &str| {
         vocab
             .get(token)
