@@ -13,6 +13,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
 
 use fancy_regex::Regex;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::TextError;
@@ -72,7 +73,7 @@ impl Gpt2Tokenizer {
                 "the pre-tokenizer is not GPT-2's (ByteLevel without a prefix space)",
             ));
         }
-        let vocab: Map<String, u32> = serde_json::from_value(model["vocab"].clone())
+        let vocab = Map::<String, u32>::deserialize(&model["vocab"])
             .map_err(|e| unsupported(&format!("vocab: {e}")))?;
         let merges = model["merges"]
             .as_array()
@@ -147,6 +148,13 @@ impl Gpt2Tokenizer {
             .chain(special.iter().map(|(_, id)| id))
             .max()
             .map_or(0, |&id| id as usize + 1);
+        if size > vocab.len() + special.len() {
+            return Err(tokenizer_error(format!(
+                "token ids run to {} for {} tokens: the vocabulary has gaps",
+                size - 1,
+                vocab.len() + special.len()
+            )));
+        }
         // The two tables are independent: built side by side, they take half the time on the
         // start's critical path (the weights are read by then).
         let (tokens, merge_table) = rayon::join(

@@ -144,6 +144,14 @@ fn a_tokenizer_json_that_is_not_gpt2s_bpe_is_refused() {
     std::fs::write(&path, r#"{"model": {"type": "WordPiece", "vocab": {}}}"#).unwrap();
     let error = Gpt2Tokenizer::from_tokenizer_json(&path).unwrap_err().to_string();
     assert!(error.contains("not a BPE model"), "{error}");
+    std::fs::write(
+        &path,
+        r#"{"model": {"type": "BPE", "vocab": {"a": 4000000000}, "merges": []},
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}}"#,
+    )
+    .unwrap();
+    let error = Gpt2Tokenizer::from_tokenizer_json(&path).unwrap_err().to_string();
+    assert!(error.contains("the vocabulary has gaps"), "{error}");
     std::fs::write(&path, "{not json").unwrap();
     assert!(Gpt2Tokenizer::from_tokenizer_json(&path).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
