@@ -1,8 +1,18 @@
 #!/usr/bin/env python3
-"""Converts a whole Keras MobileNetV2 model (.h5) to the canonical timm layout the classifier
-serves: model.safetensors (backbone + the Dense head as `classifier`) and config.json.
+"""Converts a Keras MobileNetV2 (.h5) to the canonical timm layout the classifier serves:
+model.safetensors (backbone + the Dense head, if any, as `classifier`) and config.json.
 
-    python scripts/convert_keras_mobilenetv2.py INPUT.h5 OUTPUT_DIR [--labels labels.txt]
+    python scripts/convert_keras_mobilenetv2.py INPUT.h5 OUTPUT_DIR [--labels labels.txt] [--input-size N]
+
+INPUT is either a whole model (`model.save`, Keras 2 or 3: the config and `model_weights`) or
+a weights-only file (`model.save_weights`, the layout of Keras Applications' downloads such as
+`mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5`: one group per layer at the
+root, no config). A weights-only file has no input size in it: it is read from the file name's
+`_<size>.h5` / `_<size>_no_top.h5` ending, else `--input-size`, else 224 (Keras Applications'
+default; the weights are the same at every size, only the preprocessing's resize differs).
+Its Dense layer, if any (a file with the top), becomes the classifier with Keras Applications'
+softmax; without one the model serves features, and a head trained by `classifier train` on it
+classifies.
 
 Needs h5py, numpy and safetensors only (no TensorFlow). What differs from PyTorch is recorded
 in config.json: BatchNorm epsilon (Keras: 1e-3), TensorFlow "same" padding, the input size,
@@ -15,6 +25,7 @@ Keras kernels are HWIO (depthwise: H W C 1); timm's are OIHW (depthwise: C 1 H W
 import argparse
 import json
 import pathlib
+import re
 import sys
 
 import h5py
@@ -65,8 +76,17 @@ def batch_norm(layers, name, prefix):
     }
 
 
-def model_facts(h5):
-    """Input size, BatchNorm epsilon and the Dense layers from the model's own config."""
+WEIGHTS_ONLY_SIZE = re.compile(r"_(96|128|160|192|224)(_no_top)?\.h5$")
+
+
+def model_facts(h5, path, layers):
+    """Input size (None when unknown), BatchNorm epsilon and the Dense layers: from the model's
+    own config, or for a weights-only file from its name and its weights (MobileNetV2's Keras
+    definition fixes epsilon at 1e-3)."""
+    if "model_config" not in h5.attrs:
+        match = WEIGHTS_ONLY_SIZE.search(path.name)
+        dense = [{"name": name} for name, weights in layers.items() if "kernel" in weights and weights["kernel"].ndim == 2]
+        return (int(match.group(1)) if match else None), 1e-3, dense
     config = json.loads(h5.attrs["model_config"])
     size, eps, dense = None, 1e-3, []
 
@@ -99,15 +119,19 @@ def main():
         h5 = h5py.File(args.input, "r")
     except OSError as e:
         fail(f"cannot read {args.input}: {e}")
-    size, eps, dense_layers = model_facts(h5)
+    layers = layer_weights(h5["model_weights"] if "model_weights" in h5 else h5)
+    if "Conv1" not in layers:
+        fail("no `Conv1` layer: this is not a Keras MobileNetV2")
+    size, eps, dense_layers = model_facts(h5, args.input, layers)
+    if args.input_size is None and size is None:
+        size = 224
+        print(f"note: {args.input.name} is weights only and its name gives no input size: "
+              f"224, Keras Applications' default (pass --input-size for another)", file=sys.stderr)
     size = args.input_size or size
     if size not in (96, 128, 160, 192, 224):
         fail(f"unsupported or unknown input size {size}; pass --input-size")
     if len(dense_layers) > 1:
         fail(f"the head has {len(dense_layers)} Dense layers; only a single Dense classifier converts")
-    layers = layer_weights(h5["model_weights"] if "model_weights" in h5 else h5)
-    if "Conv1" not in layers:
-        fail("no `Conv1` layer: this is not a Keras MobileNetV2")
 
     tensors = {"conv_stem.weight": conv(layers, "Conv1"), **batch_norm(layers, "bn_Conv1", "bn1")}
     tensors["blocks.0.0.conv_dw.weight"] = depthwise(layers, "expanded_conv_depthwise")

@@ -190,6 +190,45 @@ fn a_trained_head_separates_synthetic_classes_and_round_trips() {
         "{}",
         stderr(&refused)
     );
+
+    // predict over the data folder (one sub-folder per class, as flower_photos): one line per
+    // photo in name order; a file that is no image is reported and skipped.
+    std::fs::write(data.join("LICENSE.txt"), b"not an image").unwrap();
+    let predicted = classifier(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--head",
+        out.to_str().unwrap(),
+        "--top-k",
+        "1",
+        data.to_str().unwrap(),
+    ]);
+    assert!(predicted.status.success(), "{}", stderr(&predicted));
+    let stdout = String::from_utf8_lossy(&predicted.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 90, "{stdout}");
+    let blue = data.join("blue/000.png");
+    assert!(
+        lines[0].starts_with(&format!("{}: blue ", blue.display())),
+        "{stdout}"
+    );
+    let right = common::labelled_as_their_folder(&lines);
+    assert!(right >= 85, "{right} of 90 right:\n{stdout}");
+    let log = stderr(&predicted);
+    assert!(log.contains("skipped: ") && log.contains("LICENSE.txt"), "{log}");
+
+    // A folder with no image in it is a failure, said as such.
+    let empty = common::temp_dir("no-photos");
+    std::fs::write(empty.join("notes.txt"), b"nothing").unwrap();
+    let none = classifier(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(none.status.code(), Some(1), "{}", stderr(&none));
+    assert!(stderr(&none).contains("no image found in"), "{}", stderr(&none));
 }
 
 #[test]

@@ -129,26 +129,47 @@ fn sse(server: &Server, body: Value) -> Vec<String> {
         body.len()
     )
     .unwrap();
-    let reader = BufReader::new(stream);
-    let mut lines = reader.lines().map_while(Result::ok);
-    let status = lines.next().unwrap();
-    assert!(status.contains("200"), "{status}");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("200"), "{line}");
     let mut saw_event_stream = false;
-    for line in lines.by_ref() {
-        if line
-            .to_ascii_lowercase()
-            .starts_with("content-type: text/event-stream")
-        {
-            saw_event_stream = true;
-        }
-        if line.is_empty() {
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let header = line.trim_end().to_ascii_lowercase();
+        saw_event_stream |= header.starts_with("content-type: text/event-stream");
+        if header.is_empty() {
             break;
         }
     }
     assert!(saw_event_stream, "not an event stream");
-    lines
-        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+    let text = String::from_utf8(dechunk(&mut reader)).unwrap();
+    // Only `data:` lines and the blank lines between events: the 0.x `openai` clients take any
+    // other non-empty line (an SSE comment, say) for a chunk and fail on it.
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.strip_prefix("data: ") {
+            Some(data) => data.to_string(),
+            None => panic!("a line that is not data in the stream: {l:?}"),
+        })
         .collect()
+}
+
+/// The body of a chunked HTTP/1.1 answer.
+fn dechunk(reader: &mut impl BufRead) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).unwrap();
+        let size = usize::from_str_radix(size.trim_end(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 #[test]
@@ -334,10 +355,10 @@ fn corpus() -> (std::path::PathBuf, &'static str, usize, &'static str) {
     }
 }
 
-#[test]
-fn the_openai_0_25_engine_search_call_works_unchanged() {
-    let Ok(python) = std::env::var("TEXTGEN_TEST_PYTHON_OPENAI_V0") else {
-        eprintln!("skipped: TEXTGEN_TEST_PYTHON_OPENAI_V0 is not set (.ci/run sets it to a Python with openai 0.25)");
+/// The write-up's examples (search, then completions) with one 0.x `openai` client.
+fn the_write_ups_examples_run_unchanged_with(variable: &str, version: &str) {
+    let Ok(python) = std::env::var(variable) else {
+        eprintln!("skipped: {variable} is not set (.ci/run sets it to a Python with openai {version})");
         return;
     };
     let (corpus, query, _, id) = corpus();
@@ -345,7 +366,7 @@ fn the_openai_0_25_engine_search_call_works_unchanged() {
         return;
     };
     let output = std::process::Command::new(python)
-        .arg(common::root().join("tests/openai_search.py"))
+        .arg(common::root().join("tests/openai_v0_example.py"))
         .args([server.base.as_str(), query, id])
         .output()
         .unwrap();
@@ -355,7 +376,20 @@ fn the_openai_0_25_engine_search_call_works_unchanged() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    eprintln!("openai 0.25 Engine.search: {}", stdout.trim());
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(seen["openai"], version);
+    assert_eq!(seen["results"][0]["_id"], id);
+    eprintln!("openai {version}, the write-up's examples:\n{}", stdout.trim());
+}
+
+#[test]
+fn the_write_ups_examples_run_unchanged_with_openai_0_7_0() {
+    the_write_ups_examples_run_unchanged_with("TEXTGEN_TEST_PYTHON_OPENAI_0_7", "0.7.0");
+}
+
+#[test]
+fn the_write_ups_examples_run_unchanged_with_openai_0_25() {
+    the_write_ups_examples_run_unchanged_with("TEXTGEN_TEST_PYTHON_OPENAI_0_25", "0.25.0");
 }
 
 fn search(server: &Server, path: &str, body: Value) -> common::Answer {
@@ -409,7 +443,6 @@ fn search_over_a_loaded_corpus_and_over_request_documents() {
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     let top = &data[0];
     assert_eq!(top["object"], "search_result");
-    assert_eq!(top["document"], expected);
     assert_eq!(top["metadata"]["id"], id);
     let line = std::fs::read_to_string(&corpus)
         .unwrap()
@@ -419,6 +452,16 @@ fn search_over_a_loaded_corpus_and_over_request_documents() {
         .to_string();
     let line: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(top["text"], line["text"]);
+    // With metadata, `document` is the document itself, as the write-up's example reads it.
+    let document = &top["document"];
+    assert_eq!(document["_id"], id);
+    assert_eq!(document["_score"], top["score"]);
+    assert_eq!(document["content"], line["text"]);
+    assert_eq!(
+        document["metadata"],
+        line.get("metadata").cloned().unwrap_or(json!({}))
+    );
+    assert_eq!(document["index"], expected);
     // The same candidates as BM25 kept, the scores moved by the model.
     let mut lexical_set: Vec<u64> = lexical["data"]
         .as_array()
@@ -426,7 +469,10 @@ fn search_over_a_loaded_corpus_and_over_request_documents() {
         .iter()
         .map(|r| r["document"].as_u64().unwrap())
         .collect();
-    let mut reranked_set: Vec<u64> = data.iter().map(|r| r["document"].as_u64().unwrap()).collect();
+    let mut reranked_set: Vec<u64> = data
+        .iter()
+        .map(|r| r["document"]["index"].as_u64().unwrap())
+        .collect();
     lexical_set.sort();
     reranked_set.sort();
     assert_eq!(lexical_set, reranked_set);
@@ -445,7 +491,10 @@ fn search_over_a_loaded_corpus_and_over_request_documents() {
     );
     let data = answer.json()["data"].as_array().unwrap().clone();
     assert_eq!(data.len(), 3);
-    assert_eq!(data[0]["document"], 2);
+    assert_eq!(data[0]["document"]["index"], 2);
+    assert_eq!(data[0]["document"]["_id"], "2");
+    assert_eq!(data[0]["document"]["content"], documents[2]);
+    assert_eq!(data[0]["document"]["metadata"], Value::Null);
     assert_eq!(data[0]["text"], documents[2]);
     assert_eq!(data[0]["metadata"], Value::Null);
 }
@@ -680,7 +729,8 @@ fn the_search_command_prints_results_best_first() {
     assert!(rows[1].contains("fire-2"), "{table}");
     let answer: Value = serde_json::from_str(&run(&["--json", "evacuate Hill Top residents"])).unwrap();
     assert_eq!(answer["data"][0]["metadata"]["id"], "fire-2");
-    assert_eq!(answer["data"][0]["document"], 3);
+    assert_eq!(answer["data"][0]["document"]["index"], 3);
+    assert_eq!(answer["data"][0]["document"]["_id"], "fire-2");
 }
 
 #[test]

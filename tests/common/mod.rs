@@ -254,3 +254,16 @@ pub fn multipart(files: &[(&str, &str, &[u8])], fields: &[(&str, &str)]) -> (Str
 pub fn png_bomb() -> Vec<u8> {
     std::fs::read(root().join("tests/fixtures/png-bomb-50000x50000.png")).unwrap()
 }
+
+/// How many of `classifier predict`'s text lines (`PATH: label score, ...`) give as the best
+/// label the name of the folder the photo is in (the class folders of a labelled data set).
+pub fn labelled_as_their_folder(lines: &[&str]) -> usize {
+    lines
+        .iter()
+        .filter(|line| {
+            let (path, labels) = line.split_once(": ").expect("PATH: labels");
+            let folder = Path::new(path).parent().and_then(Path::file_name);
+            folder.and_then(|f| f.to_str()) == labels.split(' ').next()
+        })
+        .count()
+}

@@ -52,6 +52,21 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(paths)
 }
 
+/// Every file under `dir`, at any depth, in path order (hidden files and folders skipped), for
+/// commands that run over a folder of photos whatever its layout: `flower_photos/` keeps them in
+/// one sub-folder per class. Whether a file is an image is decided when it is decoded.
+pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let mut files = Vec::new();
+    for path in read_dir(dir)? {
+        if path.is_dir() {
+            files.extend(files_under(&path)?);
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 impl ImageFolder {
     /// Lists `dir`: each sub-folder is a class, each file in it a sample (hidden files skipped;
     /// whether a file is an image is decided when it is decoded).
@@ -124,5 +139,29 @@ mod tests {
         assert_ne!(stratified_split(&classes, 0.2, 8).1, val);
         let (train, val) = stratified_split(&[0, 0, 1, 1], 0.1, 0);
         assert_eq!((train.len(), val.len()), (2, 2));
+    }
+
+    #[test]
+    fn files_under_walks_sub_folders_in_name_order_and_skips_hidden_files() {
+        let dir = std::env::temp_dir().join(format!("files-under-{}", std::process::id()));
+        for (folder, file) in [
+            ("b", "2.jpg"),
+            ("b", "1.jpg"),
+            ("a", "z.jpg"),
+            (".cache", "x"),
+            ("", ".hidden"),
+            ("", "top.png"),
+        ] {
+            std::fs::create_dir_all(dir.join(folder)).unwrap();
+            std::fs::write(dir.join(folder).join(file), b"").unwrap();
+        }
+        let found: Vec<String> = files_under(&dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, ["a/z.jpg", "b/1.jpg", "b/2.jpg", "top.png"]);
+        assert!(matches!(files_under(&dir), Err(DatasetError::Read { .. })));
     }
 }

@@ -56,7 +56,8 @@ enum Command {
         /// One JSON object per image instead of text.
         #[arg(long)]
         json: bool,
-        /// Image files.
+        /// Image files, or folders: every file under a folder, in name order (sub-folders too, as
+        /// in `flower_photos/`); a file there that is not an image is reported and skipped.
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -150,15 +151,34 @@ fn serve_http(
     runtime::serve(ctx, routes::routes(state), serve, listener)
 }
 
-fn predict(args: &ModelArgs, top_k: usize, as_json: bool, images: &[PathBuf]) -> ExitCode {
+/// The files `predict` reads, each with whether it was named on the command line (a named file
+/// that fails fails the command; one found in a folder is reported and skipped).
+fn predict_inputs(paths: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>, String> {
+    let mut inputs = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let files = vision::dataset::files_under(path).map_err(|e| e.to_string())?;
+            inputs.extend(files.into_iter().map(|file| (file, false)));
+        } else {
+            inputs.push((path.clone(), true));
+        }
+    }
+    Ok(inputs)
+}
+
+fn predict(args: &ModelArgs, top_k: usize, as_json: bool, paths: &[PathBuf]) -> ExitCode {
+    let inputs = match predict_inputs(paths) {
+        Ok(inputs) => inputs,
+        Err(e) => return runtime::startup_failure(&e),
+    };
     let mut phases = InitPhases::new();
     let (classifier, card) = match model::load(args, &mut phases) {
         Ok(loaded) => loaded,
         Err(e) => return runtime::startup_failure(&e),
     };
     let top_k = top_k.clamp(1, classifier.labels().len().max(1));
-    let mut failed = false;
-    for path in images {
+    let (mut failed, mut classified) = (false, 0usize);
+    for (path, named) in &inputs {
         let outcome = std::fs::read(path)
             .map_err(|e| e.to_string())
             .and_then(|bytes| vision::decode_image(&bytes, args.decode_limits()).map_err(|e| e.to_string()))
@@ -168,6 +188,7 @@ fn predict(args: &ModelArgs, top_k: usize, as_json: bool, images: &[PathBuf]) ->
             });
         match outcome {
             Ok(outputs) => {
+                classified += 1;
                 let predictions = classifier.top_k(&outputs[0].probabilities, top_k);
                 if as_json {
                     println!(
@@ -182,15 +203,24 @@ fn predict(args: &ModelArgs, top_k: usize, as_json: bool, images: &[PathBuf]) ->
                     println!("{}: {}", path.display(), text.join(", "));
                 }
             }
-            Err(e) => {
+            Err(e) if *named => {
                 failed = true;
                 eprintln!("error: {}: {e}", path.display());
             }
+            Err(e) => eprintln!("skipped: {}: {e}", path.display()),
         }
     }
-    if failed {
+    if classified == 0 && !failed {
+        eprintln!("error: no image found in {}", join_paths(paths));
+    }
+    if failed || classified == 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
 }

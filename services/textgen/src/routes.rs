@@ -310,7 +310,9 @@ impl Answer {
     }
 
     /// One SSE chunk per event as the model produces it, then `[DONE]`. Dropping the stream
-    /// (the client went away) closes the channel, which stops the generation.
+    /// (the client went away) closes the channel, which stops the generation. A prompt piece
+    /// that adds nothing to the answer (no `echo`) sends nothing, not even an SSE comment: the
+    /// 0.x `openai` clients read every non-empty line as a chunk.
     fn stream(
         self,
         receiver: mpsc::UnboundedReceiver<Event>,
@@ -319,27 +321,26 @@ impl Answer {
         let choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
         stream::unfold(Some((self, receiver, choices)), |state| async move {
             let (answer, mut receiver, mut choices) = state?;
-            let chunk = match receiver.recv().await {
-                None => return Some((Ok(SseEvent::default().data("[DONE]")), None)),
-                Some(Event::Prompt { choice, logprobs }) => {
-                    let before = choices[choice].text.len();
-                    match answer.add_prompt(&mut choices[choice], choice, &logprobs) {
-                        Some(logprobs) => {
+            let chunk = loop {
+                match receiver.recv().await {
+                    None => return Some((Ok(SseEvent::default().data("[DONE]")), None)),
+                    Some(Event::Prompt { choice, logprobs }) => {
+                        let before = choices[choice].text.len();
+                        if let Some(logprobs) = answer.add_prompt(&mut choices[choice], choice, &logprobs) {
                             let text = choices[choice].text[before..].to_string();
-                            answer.envelope(json!([{"text": text, "index": choice, "logprobs": logprobs, "finish_reason": null}]))
+                            break answer.envelope(json!([{"text": text, "index": choice, "logprobs": logprobs, "finish_reason": null}]));
                         }
-                        None => return Some((Ok(SseEvent::default().comment("prompt")), Some((answer, receiver, choices)))),
                     }
-                }
-                Some(Event::Token { choice, step }) => {
-                    let logprobs = answer.add(&mut choices[choice], &step.text, step.token, step.logprob.as_ref());
-                    answer.envelope(json!([{"text": step.text, "index": choice, "logprobs": logprobs, "finish_reason": null}]))
-                }
-                Some(Event::Done { choice, finish_reason, .. }) => answer.envelope(
-                    json!([{"text": "", "index": choice, "logprobs": null, "finish_reason": finish_reason.as_str()}]),
-                ),
-                Some(Event::Failed(message)) => {
-                    json!({"error": {"message": format!("generation failed: {message}"), "type": "server_error", "code": "internal_error"}})
+                    Some(Event::Token { choice, step }) => {
+                        let logprobs = answer.add(&mut choices[choice], &step.text, step.token, step.logprob.as_ref());
+                        break answer.envelope(json!([{"text": step.text, "index": choice, "logprobs": logprobs, "finish_reason": null}]));
+                    }
+                    Some(Event::Done { choice, finish_reason, .. }) => {
+                        break answer.envelope(json!([{"text": "", "index": choice, "logprobs": null, "finish_reason": finish_reason.as_str()}]))
+                    }
+                    Some(Event::Failed(message)) => {
+                        break json!({"error": {"message": format!("generation failed: {message}"), "type": "server_error", "code": "internal_error"}})
+                    }
                 }
             };
             Some((

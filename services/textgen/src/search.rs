@@ -162,26 +162,48 @@ impl SearchRequest {
 }
 
 /// The answer: `{"object": "list", "model", "data": [{"object": "search_result", "document",
-/// "score", "text"?, "metadata"?}]}`, best first. With `return_metadata`, a corpus document
-/// carries its metadata plus its `id`; a request's own documents have none (`null`).
+/// "score", "text"?, "metadata"?}]}`, best first.
+///
+/// Without `return_metadata`, `document` is the index (OpenAI's shape). With it, `document` is
+/// the document itself, `{"_id", "_score", "content", "metadata", "index"}`, because the search
+/// example this service grew from reads `response["data"][0]["document"]["content"]`; the
+/// top-level `text` and `metadata` (a corpus document's metadata plus its `id`) stay for
+/// clients that read OpenAI's shape. A request's own documents have no metadata (`null`) and
+/// their position as `_id`.
 pub fn answer(model: &str, search: &Search, hits: &[SearchHit]) -> Value {
     let data: Vec<Value> = hits
         .iter()
         .map(|hit| {
-            let mut result = json!({"object": "search_result", "document": hit.document, "score": hit.score});
-            if search.return_metadata {
-                result["text"] = json!(search.documents.text(hit.document));
-                result["metadata"] = match &search.documents {
-                    Documents::Corpus(corpus) => {
-                        let document = &corpus.documents()[hit.document];
-                        let mut metadata = document.metadata.clone();
-                        metadata.insert("id".into(), json!(document.id));
-                        Value::Object(metadata)
-                    }
-                    Documents::Given(_) => Value::Null,
-                };
+            if !search.return_metadata {
+                return json!({"object": "search_result", "document": hit.document, "score": hit.score});
             }
-            result
+            let content = search.documents.text(hit.document);
+            let (id, own_metadata, metadata) = match &search.documents {
+                Documents::Corpus(corpus) => {
+                    let document = &corpus.documents()[hit.document];
+                    let mut with_id = document.metadata.clone();
+                    with_id.insert("id".into(), json!(document.id));
+                    (
+                        document.id.clone(),
+                        Value::Object(document.metadata.clone()),
+                        Value::Object(with_id),
+                    )
+                }
+                Documents::Given(_) => (hit.document.to_string(), Value::Null, Value::Null),
+            };
+            json!({
+                "object": "search_result",
+                "document": {
+                    "_id": id,
+                    "_score": hit.score,
+                    "content": content,
+                    "metadata": own_metadata,
+                    "index": hit.document,
+                },
+                "score": hit.score,
+                "text": content,
+                "metadata": metadata,
+            })
         })
         .collect();
     json!({"object": "list", "model": model, "data": data})
