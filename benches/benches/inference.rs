@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use simd::gemm::Weights;
 use text::{Gpt2, Gpt2Tokenizer, KvCache, WeightPrecision};
-use vision::gemm::PackedWeights;
 use vision::ops::{self, Activation, ConvGeometry, Padding};
 use vision::{decode_image, DecodeLimits, ImageClassifier, ModelConfig};
 
@@ -64,7 +64,8 @@ fn depthwise(c: &mut Criterion) {
             BenchmarkId::from_parameter(format!("{channels}x{side}x{side}")),
             |b| {
                 b.iter(|| {
-                    ops::depthwise_conv(&x, &weight, &bias, geometry, Activation::Relu6).expect("depthwise")
+                    ops::depthwise_conv(simd::level(), &x, &weight, &bias, geometry, Activation::Relu6)
+                        .expect("depthwise")
                 })
             },
         );
@@ -81,7 +82,13 @@ fn pointwise(c: &mut Criterion) {
             .and_then(|t| t.to_vec1::<f32>())
             .expect("values")
     };
-    let weights = PackedWeights::pack(&values(random(&[144, 24])), &values(random(&[24])), 144, 24);
+    let weights = Weights::pack(
+        simd::level(),
+        &values(random(&[144, 24])),
+        &values(random(&[24])),
+        144,
+        24,
+    );
     let geometry = ConvGeometry {
         kernel: 1,
         stride: 1,
@@ -124,6 +131,7 @@ fn gpt2(c: &mut Criterion) {
                 &dir.join("config.json"),
                 &dir.join("model.safetensors"),
                 precision,
+                simd::level(),
             )
             .expect("GPT-2 weights");
             group.throughput(Throughput::Elements(prompt.len() as u64));

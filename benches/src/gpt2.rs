@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         &args.model.join("config.json"),
         &args.model.join("model.safetensors"),
         precision,
+        simd::Level::from_env()?,
     )?;
     let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i * 7919) % 50_000).collect();
     model.forward(&prompt[..prompt.len().min(8)], &mut KvCache::default())?;
@@ -65,15 +66,16 @@ fn main() -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"engine": engine, "prefill_tokens": args.prompt, "prefill_ms": prefill * 1e3,
+            serde_json::json!({"engine": engine, "kernels": model.level().name(), "prefill_tokens": args.prompt, "prefill_ms": prefill * 1e3,
                 "decode_tokens": args.tokens, "decode_tokens_per_s": tokens_per_s,
                 "weight_bytes_per_token": bytes_per_token, "read_bandwidth_gb_s": bandwidth / 1e9,
                 "floor_tokens_per_s": floor})
         );
     } else {
         println!(
-            "{engine}  prefill {} tokens: {:.1} ms   decode: {tokens_per_s:.1} tokens/s ({} tokens), \
+            "{engine} ({})  prefill {} tokens: {:.1} ms   decode: {tokens_per_s:.1} tokens/s ({} tokens), \
              {:.0}% of the floor ({:.0} MB per token at {:.1} GB/s read: {floor:.1} tokens/s)",
+            model.level(),
             args.prompt,
             prefill * 1e3,
             args.tokens,

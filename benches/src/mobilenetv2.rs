@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vision::ImageClassifier;
+use vision::{ImageClassifier, MobileNetV2, ModelConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -27,10 +27,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     runtime::pin_compute_threads();
     let args = Args::parse();
-    let classifier = ImageClassifier::load(
-        &args.model.join("config.json"),
-        &args.model.join("model.safetensors"),
-    )?;
+    let level = simd::Level::from_env()?;
+    let config = ModelConfig::from_json(&std::fs::read_to_string(args.model.join("config.json"))?)?;
+    let tensors = hub::load_safetensors(&args.model.join("model.safetensors"))?;
+    let model = MobileNetV2::from_tensors(&tensors, config.architecture(), level)?;
+    let classifier = ImageClassifier::new(model, &config)?;
     let [_, h, w] = classifier.preprocessing().input_size;
     for &batch in &args.batch {
         let images = classifier.batch(&vec![vec![0.5f32; h * w * 3]; batch])?;
@@ -49,11 +50,11 @@ fn main() -> anyhow::Result<()> {
         if args.json {
             println!(
                 "{}",
-                serde_json::json!({"engine": "candle (ours)", "batch": batch, "input": h, "ms_per_batch": median * 1e3, "images_per_s": images_per_s, "runs": times.len()})
+                serde_json::json!({"engine": "candle (ours)", "kernels": level.name(), "batch": batch, "input": h, "ms_per_batch": median * 1e3, "images_per_s": images_per_s, "runs": times.len()})
             );
         } else {
             println!(
-                "candle (ours)  batch {batch:>3}  {:>8.2} ms/batch  {:>8.2} ms/image  {images_per_s:>7.1} images/s  ({} runs)",
+                "candle (ours, {level})  batch {batch:>3}  {:>8.2} ms/batch  {:>8.2} ms/image  {images_per_s:>7.1} images/s  ({} runs)",
                 median * 1e3,
                 median * 1e3 / batch as f64,
                 times.len()

@@ -18,14 +18,10 @@ mkdir -p "$out"
 
 src="$out/llama_cpp_python-$version/vendor/llama.cpp"
 if [ ! -d "$src" ]; then
-    url=$("$python" - "$version" <<'PY'
-import json, sys, urllib.request
-release = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{sys.argv[1]}/json"))
-print(next(u["url"] for u in release["urls"] if u["packagetype"] == "sdist"))
-PY
-)
-    echo "downloading $url"
-    curl -fsSL "$url" | tar xz -C "$out"
+    # The source package, through pip's own client (no binary, no dependencies).
+    "$python" -m pip download --quiet --no-deps --no-binary :all: \
+        "llama-cpp-python==$version" -d "$out/sdist"
+    tar xzf "$out/sdist/llama_cpp_python-$version.tar.gz" -C "$out"
 fi
 
 if [ ! -x "$src/build/bin/llama-bench" ]; then

@@ -9,6 +9,7 @@
 
 use candle_core::{CpuStorage, Device, Storage, Tensor};
 use rayon::prelude::*;
+use simd::Level;
 
 /// Keys and values of every layer for the tokens seen so far; one per generation.
 #[derive(Debug, Default)]
@@ -119,6 +120,7 @@ pub(crate) struct SequenceRows {
 /// The attended rows (rows, n_embd) of a step's `qkv` (rows, 3 x n_embd): each sequence's new
 /// rows over its `layers` cache, which takes their keys and values first.
 pub(crate) fn attend_cached(
+    level: Level,
     qkv: &Tensor,
     sequences: &[SequenceRows],
     layers: &mut [&mut LayerCache],
@@ -157,7 +159,7 @@ pub(crate) fn attend_cached(
         single.into_par_iter().for_each(|(row, query, layer, total)| {
             row.par_chunks_mut(heads.dim).enumerate().for_each(|(h, out)| {
                 let (keys, values) = layer.head(h, total, heads);
-                attend_one(&query[h * heads.dim..][..heads.dim], keys, values, out);
+                attend_one(level, &query[h * heads.dim..][..heads.dim], keys, values, out);
             });
         });
     }
@@ -215,12 +217,12 @@ fn causal_mask(new: usize, past: usize) -> candle_core::Result<Tensor> {
 
 /// `softmax(q . k / sqrt(head_dim)) v` of one head's query over its `keys` and `values`
 /// (positions, head_dim), into `out` (head_dim).
-fn attend_one(q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
+fn attend_one(level: Level, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
     let head_dim = q.len();
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut scores: Vec<f32> = keys
         .chunks_exact(head_dim)
-        .map(|key| crate::matvec::dot(q, key) * scale)
+        .map(|key| simd::dot::dot(level, q, key) * scale)
         .collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0f32;

@@ -13,6 +13,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use half::bf16;
 use serde::Deserialize;
+use simd::Level;
 
 use crate::activation::Gelu;
 use crate::attention::{attend_alone, attend_cached, Heads, KvCache, SequenceRows};
@@ -93,11 +94,11 @@ enum DenseWeight {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, level: Level, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.weight {
-            DenseWeight::InputsByOutputs(w) => crate::matvec::linear(x, w, &self.bias),
+            DenseWeight::InputsByOutputs(w) => crate::matvec::linear(level, x, w, &self.bias),
             DenseWeight::OutputsByInputs(w) => {
-                crate::matvec::matmul_transposed(x, w)?.broadcast_add(&self.bias)
+                crate::matvec::matmul_transposed(level, x, w)?.broadcast_add(&self.bias)
             }
         }
     }
@@ -129,18 +130,18 @@ struct Block {
 
 impl Block {
     /// `x + mlp(ln_2(x))`.
-    fn feed_forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
-        let h = self
-            .mlp_proj
-            .forward(&self.gelu.apply(&self.c_fc.forward(&self.ln_2.forward(&x)?)?)?)?;
+    fn feed_forward(&self, level: Level, x: Tensor) -> candle_core::Result<Tensor> {
+        let hidden = self.c_fc.forward(level, &self.ln_2.forward(&x)?)?;
+        let h = self.mlp_proj.forward(level, &self.gelu.apply(level, &hidden)?)?;
         x + h
     }
 }
 
-/// GPT-2 with its language-model head.
+/// GPT-2 with its language-model head, its kernels those of one [`Level`].
 #[derive(Debug)]
 pub struct Gpt2 {
     config: Gpt2Config,
+    level: Level,
     wte: Tensor,
     wpe: Tensor,
     blocks: Vec<Block>,
@@ -149,17 +150,19 @@ pub struct Gpt2 {
 
 impl Gpt2 {
     /// Loads `config.json` and `model.safetensors` (with or without the `transformer.` prefix),
-    /// holding the dense weights in `precision` whatever the file's type.
+    /// holding the dense weights in `precision` whatever the file's type, for the kernels of
+    /// `level` (normally [`simd::level`]).
     pub fn load(
         config_path: &Path,
         weights_path: &Path,
         precision: WeightPrecision,
+        level: Level,
     ) -> Result<Self, TextError> {
         let text = std::fs::read_to_string(config_path)
             .map_err(|e| TextError::Config(format!("cannot read {}: {e}", config_path.display())))?;
         let config = Gpt2Config::from_json(&text)?;
         let tensors = hub::load_safetensors(weights_path).map_err(|e| TextError::Weights(e.to_string()))?;
-        Self::from_tensors(config, tensors, precision)
+        Self::from_tensors(config, tensors, precision, level)
     }
 
     /// Builds the model from its named tensors (as in `model.safetensors`).
@@ -167,6 +170,7 @@ impl Gpt2 {
         config: Gpt2Config,
         mut tensors: BTreeMap<String, Tensor>,
         precision: WeightPrecision,
+        level: Level,
     ) -> Result<Self, TextError> {
         let mut take = |name: &str, shape: &[usize], dtype: DType| -> Result<Tensor, TextError> {
             let tensor = tensors
@@ -234,6 +238,7 @@ impl Gpt2 {
         };
         Ok(Self {
             config,
+            level,
             wte,
             wpe,
             blocks,
@@ -243,6 +248,11 @@ impl Gpt2 {
 
     pub fn config(&self) -> &Gpt2Config {
         &self.config
+    }
+
+    /// The level of vector instructions the kernels run at.
+    pub fn level(&self) -> Level {
+        self.level
     }
 
     /// Runs `tokens` after those already in `cache`, extending it; answers the final hidden
@@ -306,7 +316,7 @@ impl Gpt2 {
         }
         let x = self.run_rows(inputs, &spans, |layer, qkv| {
             let mut layers: Vec<_> = caches.iter_mut().map(|cache| &mut cache.layers[layer]).collect();
-            attend_cached(qkv, &spans, &mut layers, self.heads())
+            attend_cached(self.level, qkv, &spans, &mut layers, self.heads())
         })?;
         for (cache, span) in caches.iter_mut().zip(&spans) {
             cache.len = span.past + span.len;
@@ -348,9 +358,9 @@ impl Gpt2 {
             .collect();
         let mut x = self.embed(&tokens, &positions)?;
         for (layer, block) in self.blocks.iter().enumerate() {
-            let qkv = block.c_attn.forward(&block.ln_1.forward(&x)?)?;
+            let qkv = block.c_attn.forward(self.level, &block.ln_1.forward(&x)?)?;
             let attended = attend(layer, &qkv)?;
-            x = block.feed_forward((x + block.attn_proj.forward(&attended)?)?)?;
+            x = block.feed_forward(self.level, (x + block.attn_proj.forward(self.level, &attended)?)?)?;
         }
         Ok(self.ln_f.forward(&x)?)
     }
@@ -394,7 +404,7 @@ impl Gpt2 {
     /// embedding). Kept apart from [`Gpt2::forward`] so that a prefill pays for the head only on
     /// the positions whose logits it needs (one vocabulary-wide product per row).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, TextError> {
-        on_compute_pool(|| Ok(crate::matvec::matmul_transposed(hidden, &self.wte)?))
+        on_compute_pool(|| Ok(crate::matvec::matmul_transposed(self.level, hidden, &self.wte)?))
     }
 
     /// The logits of some rows of final hidden states, one list per row, in the order asked.

@@ -10,10 +10,14 @@
 //! each reads its own block of the matrix (for one row, four far-apart streams of it) into its
 //! own partial sums, added at the end.
 
+use std::ops::Range;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
-use half::bf16;
 use rayon::prelude::*;
+use simd::dot::dots;
+use simd::gemm::Weight;
+use simd::{dispatch, F32x, Kernel, Level};
 
 /// Rows at or below which these products run; above it candle's GEMM, which packs both
 /// matrices, wins (twelve layers' products: 32 rows 1.8x faster here, 64 rows 1.2x, 128 rows
@@ -36,88 +40,48 @@ const STREAMS: usize = 4;
 /// a 768-row matrix 512:256 between two threads (bf16 layers ran 12% slower that way).
 const TASKS_PER_THREAD: usize = 4;
 
-/// A weight element: f32, or bf16 widened on the fly (half the bytes to stream).
-trait Weight: Copy + Send + Sync + Sized {
-    fn widen(self) -> f32;
-
-    /// Eight consecutive weights from `p`, widened.
-    ///
-    /// # Safety
-    /// `p` must point to eight readable elements.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
-}
-
-impl Weight for f32 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    #[inline(always)]
-    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
-        // SAFETY: the caller guarantees eight readable f32 at `p`.
-        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
-    }
-}
-
-impl Weight for bf16 {
-    /// bf16 is the top half of an f32.
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        f32::from_bits((self.to_bits() as u32) << 16)
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    #[inline(always)]
-    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller guarantees eight readable bf16 (16 bytes) at `p`.
-        unsafe {
-            let raw = _mm_loadu_si128(p.cast());
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16))
-        }
-    }
-}
-
-/// The inner loops, written out with AVX2 and FMA: the compiler's own vectorisation of them
-/// kept mul and add apart and reloaded each weight for every activation row.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+/// The inner loops, written once for every level of vector instructions: the compiler's own
+/// vectorisation of them kept mul and add apart and reloaded each weight for every activation
+/// row.
 mod kernels {
-    use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Weight, INPUT_CHUNK};
+    use simd::gemm::Weight;
+    use simd::F32x;
+
+    use super::INPUT_CHUNK;
 
     /// `sum[j] += x[0] * w[0][j] + ... + x[3] * w[3][j]`: one activation row, the decode step
     /// of a lone generation, which is bound by the weight stream. The activations are
     /// broadcast once per call and held in registers, so each weight vector costs a load, four
     /// multiply-adds and the load and store of its sum (a version shared with several rows
     /// spent twice the instructions per weight and decoded 10-14% slower).
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instructions.
     #[inline(always)]
-    pub fn accumulate4<W: Weight>(x: [f32; 4], w: [&[W]; 4], sum: &mut [f32]) {
+    pub unsafe fn accumulate4<V: F32x, W: Weight>(x: [f32; 4], w: [&[W]; 4], sum: &mut [f32]) {
         let len = sum.len();
         assert!(w.iter().all(|row| row.len() >= len));
-        let vectors = len / 8 * 8;
-        // SAFETY: AVX2 and FMA are enabled at compile time (the cfg above); every access is
-        // eight elements at `j < vectors <= len`, within each weight row and the sum row.
+        let vectors = len / V::LANES * V::LANES;
+        // SAFETY: the caller's level; every access is one vector at `j < vectors <= len`,
+        // within each weight row and the sum row.
         unsafe {
-            let xs = x.map(|v| _mm256_set1_ps(v));
+            let xs = x.map(|v| V::splat(v));
             let out = sum.as_mut_ptr();
-            for j in (0..vectors).step_by(8) {
-                let mut acc = _mm256_loadu_ps(out.add(j));
+            for j in (0..vectors).step_by(V::LANES) {
+                let mut acc = V::load(out.add(j));
                 for (row, &xv) in w.iter().zip(&xs) {
-                    acc = _mm256_fmadd_ps(xv, W::load8(row.as_ptr().add(j)), acc);
+                    acc = xv.mul_add(W::load::<V>(row.as_ptr().add(j)), acc);
                 }
-                _mm256_storeu_ps(out.add(j), acc);
+                acc.store(out.add(j));
             }
         }
         for (j, y) in sum.iter_mut().enumerate().skip(vectors) {
-            *y += x[0] * w[0][j].widen()
-                + x[1] * w[1][j].widen()
-                + x[2] * w[2][j].widen()
-                + x[3] * w[3][j].widen();
+            *y += x[0] * w[0][j].to_f32()
+                + x[1] * w[1][j].to_f32()
+                + x[2] * w[2][j].to_f32()
+                + x[3] * w[3][j].to_f32();
         }
     }
 
@@ -125,11 +89,15 @@ mod kernels {
     /// activation rows: `x` is (rows, x.len() / rows), `w` (x.len() / rows, outputs), `sums`
     /// (rows, outputs). Here the arithmetic costs as much as the weight stream, so the work
     /// runs as a small matrix product: chunks of [`INPUT_CHUNK`] weight rows, each cut in tiles
-    /// of 16 columns whose sums for four activation rows stay in registers across the chunk;
-    /// the first row group of a tile prefetches the same columns of the next chunk, so the
-    /// weight stream runs on while the tile computes. Eight rows ran 18% faster than summing
-    /// four weight rows at a time into every sum row, sixteen 45% faster.
-    pub fn accumulate_rows<W: Weight>(
+    /// of two vectors of columns whose sums for four activation rows stay in registers across
+    /// the chunk; the first row group of a tile prefetches the same columns of the next chunk,
+    /// so the weight stream runs on while the tile computes. Eight rows ran 18% faster than
+    /// summing four weight rows at a time into every sum row, sixteen 45% faster.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instructions.
+    #[inline(always)]
+    pub unsafe fn accumulate_rows<V: F32x, W: Weight>(
         x: &[f32],
         w: &[W],
         outputs: usize,
@@ -145,20 +113,21 @@ mod kernels {
                 && inputs.start <= inputs.end
                 && inputs.end <= width
         );
-        let tiles = outputs / 16 * 16;
-        let vectors = outputs / 8 * 8;
+        let tile = 2 * V::LANES;
+        let tiles = outputs / tile * tile;
+        let vectors = outputs / V::LANES * V::LANES;
         let (x, w, sums) = (x.as_ptr(), w.as_ptr(), sums.as_mut_ptr());
         for first in inputs.clone().step_by(INPUT_CHUNK) {
             let count = INPUT_CHUNK.min(inputs.end - first);
-            for j in (0..tiles).step_by(16) {
-                // SAFETY: AVX2 and FMA are enabled at compile time; the tile reads weight rows
-                // `first..first + count <= width` at columns `j..j + 16 <= outputs`, and
-                // activation and sum rows below `rows` (asserted above).
-                unsafe { row_groups::<W, 2>(x, width, w, outputs, first, count, j, sums, rows) };
+            for j in (0..tiles).step_by(tile) {
+                // SAFETY: the caller's level; the tile reads weight rows `first..first + count
+                // <= width` at columns `j..j + tile <= outputs`, and activation and sum rows
+                // below `rows` (asserted above).
+                unsafe { row_groups::<V, W, 2>(x, width, w, outputs, first, count, j, sums, rows) };
             }
             if vectors > tiles {
-                // SAFETY: as above, columns `tiles..tiles + 8 <= outputs`.
-                unsafe { row_groups::<W, 1>(x, width, w, outputs, first, count, tiles, sums, rows) };
+                // SAFETY: as above, columns `tiles..tiles + LANES <= outputs`.
+                unsafe { row_groups::<V, W, 1>(x, width, w, outputs, first, count, tiles, sums, rows) };
             }
             for j in vectors..outputs {
                 for r in 0..rows {
@@ -166,7 +135,7 @@ mod kernels {
                     unsafe {
                         let mut total = *sums.add(r * outputs + j);
                         for k in first..first + count {
-                            total += *x.add(r * width + k) * (*w.add(k * outputs + j)).widen();
+                            total += *x.add(r * width + k) * (*w.add(k * outputs + j)).to_f32();
                         }
                         *sums.add(r * outputs + j) = total;
                     }
@@ -175,13 +144,13 @@ mod kernels {
         }
     }
 
-    /// One tile's columns `j..j + 8 * V` for every activation row, four rows at a time.
+    /// One tile's columns `j..j + NV` vectors for every activation row, four rows at a time.
     ///
     /// # Safety
     /// As [`tile`], for each group of rows.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn row_groups<W: Weight, const V: usize>(
+    unsafe fn row_groups<V: F32x, W: Weight, const NV: usize>(
         x: *const f32,
         width: usize,
         w: *const W,
@@ -195,32 +164,32 @@ mod kernels {
         let mut row = 0;
         while row < rows {
             let group = (rows - row).min(4);
-            let x = x.add(row * width + first);
-            let w = w.add(first * outputs + j);
-            let s = sums.add(row * outputs + j);
-            let prefetch = row == 0;
             // SAFETY: forwarded from the caller.
             unsafe {
+                let x = x.add(row * width + first);
+                let w = w.add(first * outputs + j);
+                let s = sums.add(row * outputs + j);
+                let prefetch = row == 0;
                 match group {
-                    4 => tile::<W, 4, V>(x, width, w, outputs, count, s, prefetch),
-                    3 => tile::<W, 3, V>(x, width, w, outputs, count, s, prefetch),
-                    2 => tile::<W, 2, V>(x, width, w, outputs, count, s, prefetch),
-                    _ => tile::<W, 1, V>(x, width, w, outputs, count, s, prefetch),
+                    4 => tile::<V, W, 4, NV>(x, width, w, outputs, count, s, prefetch),
+                    3 => tile::<V, W, 3, NV>(x, width, w, outputs, count, s, prefetch),
+                    2 => tile::<V, W, 2, NV>(x, width, w, outputs, count, s, prefetch),
+                    _ => tile::<V, W, 1, NV>(x, width, w, outputs, count, s, prefetch),
                 }
             }
             row += group;
         }
     }
 
-    /// `s[r][..8V] += Σ_k x[r][k] * w[k][..8V]` for `k < count`, rows `r < R` `stride` apart
-    /// in `x` and `outputs` apart in `w` and `s`, the sums held in registers throughout. With
-    /// `prefetch`, asks for the same columns [`INPUT_CHUNK`] weight rows further on.
+    /// `s[r][..NV vectors] += Σ_k x[r][k] * w[k][..NV vectors]` for `k < count`, rows `r < R`
+    /// `stride` apart in `x` and `outputs` apart in `w` and `s`, the sums held in registers
+    /// throughout. With `prefetch`, asks for the same columns [`INPUT_CHUNK`] weight rows on.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `x` must hold `R` rows of `count` readable values,
-    /// `w` `count` rows of `8 * V` readable weights, and `s` `R` rows of `8 * V` writable sums.
+    /// The CPU must have `V`'s instructions; `x` must hold `R` rows of `count` readable values,
+    /// `w` `count` rows of `NV` readable vectors, and `s` `R` rows of `NV` writable vectors.
     #[inline(always)]
-    unsafe fn tile<W: Weight, const R: usize, const V: usize>(
+    unsafe fn tile<V: F32x, W: Weight, const R: usize, const NV: usize>(
         x: *const f32,
         stride: usize,
         w: *const W,
@@ -232,116 +201,36 @@ mod kernels {
         // SAFETY: every access is within the rows and columns the caller vouches for; a
         // prefetch may name any address.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            let mut acc = [[V::zero(); NV]; R];
             for (r, sums) in acc.iter_mut().enumerate() {
                 for (v, sum) in sums.iter_mut().enumerate() {
-                    *sum = _mm256_loadu_ps(s.add(r * outputs + 8 * v));
+                    *sum = V::load(s.add(r * outputs + v * V::LANES));
                 }
             }
             for k in 0..count {
                 let weights = w.add(k * outputs);
                 if prefetch {
-                    let ahead = weights.wrapping_add(INPUT_CHUNK * outputs).cast::<i8>();
-                    _mm_prefetch::<_MM_HINT_T0>(ahead);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(8 * V * size_of::<W>() - 1));
+                    let ahead = weights.wrapping_add(INPUT_CHUNK * outputs);
+                    simd::prefetch(ahead);
+                    simd::prefetch(ahead.wrapping_add(NV * V::LANES - 1));
                 }
-                let ws: [__m256; V] = std::array::from_fn(|v| W::load8(weights.add(8 * v)));
+                let mut ws = [V::zero(); NV];
+                for (v, wv) in ws.iter_mut().enumerate() {
+                    *wv = W::load::<V>(weights.add(v * V::LANES));
+                }
                 for (r, sums) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_broadcast_ss(&*x.add(r * stride + k));
+                    let xv = V::splat(*x.add(r * stride + k));
                     for (sum, &wv) in sums.iter_mut().zip(&ws) {
-                        *sum = _mm256_fmadd_ps(xv, wv, *sum);
+                        *sum = xv.mul_add(wv, *sum);
                     }
                 }
             }
             for (r, sums) in acc.iter().enumerate() {
                 for (v, &sum) in sums.iter().enumerate() {
-                    _mm256_storeu_ps(s.add(r * outputs + 8 * v), sum);
+                    sum.store(s.add(r * outputs + v * V::LANES));
                 }
             }
         }
-    }
-
-    /// The dot products of `S` weight rows with `R` activation rows, one accumulator each: per
-    /// eight columns, `S + R` loads serve `S x R` multiply-adds.
-    #[inline(always)]
-    pub fn dots<W: Weight, const S: usize, const R: usize>(e: [&[W]; S], x: [&[f32]; R]) -> [[f32; R]; S] {
-        let len = x.first().map_or(0, |row| row.len());
-        assert!(e.iter().all(|row| row.len() >= len) && x.iter().all(|row| row.len() >= len));
-        let vectors = len / 8 * 8;
-        // SAFETY: AVX2 and FMA are enabled at compile time; every access is eight elements at
-        // `j < vectors <= len`, within each weight and activation row (asserted).
-        let mut totals = unsafe {
-            let mut acc = [[_mm256_setzero_ps(); R]; S];
-            for j in (0..vectors).step_by(8) {
-                let xs = x.map(|row| _mm256_loadu_ps(row.as_ptr().add(j)));
-                for (acc, row) in acc.iter_mut().zip(&e) {
-                    let w = W::load8(row.as_ptr().add(j));
-                    for (acc, &xv) in acc.iter_mut().zip(&xs) {
-                        *acc = _mm256_fmadd_ps(w, xv, *acc);
-                    }
-                }
-            }
-            acc.map(|row| row.map(|v| horizontal_sum(v)))
-        };
-        for (totals, weights) in totals.iter_mut().zip(&e) {
-            for (total, row) in totals.iter_mut().zip(&x) {
-                *total += weights[vectors..len]
-                    .iter()
-                    .zip(&row[vectors..len])
-                    .map(|(a, b)| a.widen() * b)
-                    .sum::<f32>();
-            }
-        }
-        totals
-    }
-
-    /// The sum of a vector's eight lanes.
-    #[inline(always)]
-    unsafe fn horizontal_sum(v: __m256) -> f32 {
-        // SAFETY: register operations; AVX is enabled at compile time.
-        unsafe {
-            let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
-        }
-    }
-}
-
-/// The same loops for other targets, left to the compiler.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-mod kernels {
-    use std::ops::Range;
-
-    use super::Weight;
-
-    #[inline(always)]
-    pub fn accumulate4<W: Weight>(x: [f32; 4], w: [&[W]; 4], sum: &mut [f32]) {
-        for ((((y, a), b), c), d) in sum.iter_mut().zip(w[0]).zip(w[1]).zip(w[2]).zip(w[3]) {
-            *y += x[0] * a.widen() + x[1] * b.widen() + x[2] * c.widen() + x[3] * d.widen();
-        }
-    }
-
-    pub fn accumulate_rows<W: Weight>(
-        x: &[f32],
-        w: &[W],
-        outputs: usize,
-        inputs: Range<usize>,
-        sums: &mut [f32],
-    ) {
-        let width = w.len() / outputs.max(1);
-        for (sum, xr) in sums.chunks_exact_mut(outputs).zip(x.chunks_exact(width)) {
-            for k in inputs.clone() {
-                let weights = &w[k * outputs..(k + 1) * outputs];
-                sum.iter_mut()
-                    .zip(weights)
-                    .for_each(|(y, wv)| *y += xr[k] * wv.widen());
-            }
-        }
-    }
-
-    #[inline(always)]
-    pub fn dots<W: Weight, const S: usize, const R: usize>(e: [&[W]; S], x: [&[f32]; R]) -> [[f32; R]; S] {
-        e.map(|weights| x.map(|row| weights.iter().zip(row).map(|(a, b)| a.widen() * b).sum()))
     }
 }
 
@@ -361,7 +250,9 @@ fn activations<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Res
 
 /// `x` (rows, in) @ `w` (in, out) + `bias` (out), `w` row-major f32 or bf16. The bias is
 /// added where the threads' partial sums are, which saves a pass (and an allocation) per layer.
-struct RowsTimesMatrixPlusBias;
+struct RowsTimesMatrixPlusBias {
+    level: Level,
+}
 
 impl CustomOp3 for RowsTimesMatrixPlusBias {
     fn name(&self) -> &'static str {
@@ -389,16 +280,28 @@ impl CustomOp3 for RowsTimesMatrixPlusBias {
         }
         let x = activations(xs, xl)?;
         let bias = activations(bs, bl)?;
+        let level = self.level;
         let y = match ws {
-            CpuStorage::F32(w) => rows_times_matrix(x, contiguous(w, wl, "weight")?, bias, rows, inputs),
-            CpuStorage::BF16(w) => rows_times_matrix(x, contiguous(w, wl, "weight")?, bias, rows, inputs),
+            CpuStorage::F32(w) => {
+                rows_times_matrix(level, x, contiguous(w, wl, "weight")?, bias, rows, inputs)
+            }
+            CpuStorage::BF16(w) => {
+                rows_times_matrix(level, x, contiguous(w, wl, "weight")?, bias, rows, inputs)
+            }
             other => candle_core::bail!("rows-times-matrix-plus-bias: {:?} weights", other.dtype()),
         };
         Ok((CpuStorage::F32(y), Shape::from((rows, outputs))))
     }
 }
 
-fn rows_times_matrix<W: Weight>(x: &[f32], w: &[W], bias: &[f32], rows: usize, inputs: usize) -> Vec<f32> {
+fn rows_times_matrix<W: Weight>(
+    level: Level,
+    x: &[f32],
+    w: &[W],
+    bias: &[f32],
+    rows: usize,
+    inputs: usize,
+) -> Vec<f32> {
     let outputs = bias.len();
     let per_thread = inputs
         .div_ceil(rayon::current_num_threads().max(1))
@@ -409,11 +312,16 @@ fn rows_times_matrix<W: Weight>(x: &[f32], w: &[W], bias: &[f32], rows: usize, i
             let start = part * per_thread;
             let end = (start + per_thread).min(inputs);
             let mut sums = vec![0f32; rows * outputs];
-            if rows == 1 {
-                one_row(&x[start..end], &w[start * outputs..end * outputs], &mut sums);
-            } else {
-                kernels::accumulate_rows(x, w, outputs, start..end, &mut sums);
-            }
+            dispatch(
+                level,
+                InputBlock {
+                    x,
+                    w,
+                    outputs,
+                    inputs: start..end,
+                    sums: &mut sums,
+                },
+            );
             sums
         })
         .collect();
@@ -424,27 +332,70 @@ fn rows_times_matrix<W: Weight>(x: &[f32], w: &[W], bias: &[f32], rows: usize, i
     y
 }
 
+/// One thread's share of [`rows_times_matrix`]: the partial sums over a block of input rows.
+struct InputBlock<'a, W> {
+    x: &'a [f32],
+    w: &'a [W],
+    outputs: usize,
+    inputs: Range<usize>,
+    sums: &'a mut [f32],
+}
+
+impl<W: Weight> Kernel for InputBlock<'_, W> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: F32x>(self) {
+        let InputBlock {
+            x,
+            w,
+            outputs,
+            inputs,
+            sums,
+        } = self;
+        // SAFETY: the level's instructions (the trait's contract).
+        unsafe {
+            if sums.len() == outputs {
+                one_row::<V, W>(
+                    &x[inputs.clone()],
+                    &w[inputs.start * outputs..inputs.end * outputs],
+                    sums,
+                );
+            } else {
+                kernels::accumulate_rows::<V, W>(x, w, outputs, inputs, sums);
+            }
+        }
+    }
+}
+
 /// `sum += x @ w` for one activation row `x` and the matching block of weight rows `w`. Each
 /// pass over the sums takes one weight row from each quarter of the block.
-fn one_row<W: Weight>(x: &[f32], w: &[W], sum: &mut [f32]) {
+///
+/// # Safety
+/// The CPU must have `V`'s instructions.
+#[inline(always)]
+unsafe fn one_row<V: F32x, W: Weight>(x: &[f32], w: &[W], sum: &mut [f32]) {
     let outputs = sum.len();
     let quarter = x.len() / STREAMS;
     let row = |k: usize| &w[k * outputs..(k + 1) * outputs];
     for g in 0..quarter {
-        let rows: [usize; STREAMS] = std::array::from_fn(|s| s * quarter + g);
-        kernels::accumulate4(rows.map(|k| x[k]), rows.map(row), sum);
+        let rows: [usize; STREAMS] = [0, 1, 2, 3].map(|s| s * quarter + g);
+        // SAFETY: the caller's level.
+        unsafe { kernels::accumulate4::<V, W>(rows.map(|k| x[k]), rows.map(row), sum) };
     }
     // The last inputs of a width that is not a multiple of four.
     for (k, &xv) in x.iter().enumerate().skip(STREAMS * quarter) {
         sum.iter_mut()
             .zip(row(k))
-            .for_each(|(y, wv)| *y += xv * wv.widen());
+            .for_each(|(y, wv)| *y += xv * wv.to_f32());
     }
 }
 
 /// `x` (rows, d) @ `e`^T for `e` (vocab, d) row-major f32 or bf16: one dot product per
 /// vocabulary row.
-struct RowsTimesTransposed;
+struct RowsTimesTransposed {
+    level: Level,
+}
 
 impl CustomOp2 for RowsTimesTransposed {
     fn name(&self) -> &'static str {
@@ -464,21 +415,31 @@ impl CustomOp2 for RowsTimesTransposed {
             candle_core::bail!("rows-times-transposed: {:?} @ {:?}^T", xl.dims(), el.dims())
         }
         let x = activations(xs, xl)?;
+        let level = self.level;
         let y = match es {
-            CpuStorage::F32(e) => rows_times_transposed(x, contiguous(e, el, "embedding")?, rows, d, vocab),
-            CpuStorage::BF16(e) => rows_times_transposed(x, contiguous(e, el, "embedding")?, rows, d, vocab),
+            CpuStorage::F32(e) => {
+                rows_times_transposed(level, x, contiguous(e, el, "embedding")?, rows, d, vocab)
+            }
+            CpuStorage::BF16(e) => {
+                rows_times_transposed(level, x, contiguous(e, el, "embedding")?, rows, d, vocab)
+            }
             other => candle_core::bail!("rows-times-transposed: {:?} weights", other.dtype()),
         };
         Ok((CpuStorage::F32(y), Shape::from((rows, vocab))))
     }
 }
 
-fn rows_times_transposed<W: Weight>(x: &[f32], e: &[W], rows: usize, d: usize, vocab: usize) -> Vec<f32> {
+fn rows_times_transposed<W: Weight>(
+    level: Level,
+    x: &[f32],
+    e: &[W],
+    rows: usize,
+    d: usize,
+    vocab: usize,
+) -> Vec<f32> {
     let block_rows = vocab
         .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
         .max(1);
-    let e_row = |v: usize| &e[v * d..(v + 1) * d];
-    let x_row = |r: usize| &x[r * d..(r + 1) * d];
     let mut by_token = vec![0f32; vocab * rows];
     by_token
         .par_chunks_mut(rows * block_rows)
@@ -486,33 +447,8 @@ fn rows_times_transposed<W: Weight>(x: &[f32], e: &[W], rows: usize, d: usize, v
         .for_each(|(block, out)| {
             let first = block * block_rows;
             let count = out.len() / rows;
-            // One weight row from each quarter of the block at a time, against the activation
-            // rows two at a time (then one, for an odd count).
-            let quarter = count / STREAMS;
-            for i in 0..quarter {
-                let weights: [&[W]; STREAMS] = std::array::from_fn(|s| e_row(first + s * quarter + i));
-                let slot = |s: usize, r: usize| (s * quarter + i) * rows + r;
-                for r in (0..rows / 2 * 2).step_by(2) {
-                    for (s, [a, b]) in kernels::dots(weights, [x_row(r), x_row(r + 1)])
-                        .into_iter()
-                        .enumerate()
-                    {
-                        out[slot(s, r)] = a;
-                        out[slot(s, r + 1)] = b;
-                    }
-                }
-                if rows % 2 == 1 {
-                    for (s, [value]) in kernels::dots(weights, [x_row(rows - 1)]).into_iter().enumerate() {
-                        out[slot(s, rows - 1)] = value;
-                    }
-                }
-            }
-            for k in STREAMS * quarter..count {
-                for r in 0..rows {
-                    let [[value]] = kernels::dots([e_row(first + k)], [x_row(r)]);
-                    out[k * rows + r] = value;
-                }
-            }
+            let e = &e[first * d..(first + count) * d];
+            dispatch(level, TransposedBlock { x, e, d, out });
         });
     if rows == 1 {
         return by_token;
@@ -526,28 +462,73 @@ fn rows_times_transposed<W: Weight>(x: &[f32], e: &[W], rows: usize, d: usize, v
     y
 }
 
-/// `a . b` for two f32 rows of one length, in the vector kernel of the products (a plain sum
-/// is one long chain of dependent additions: the compiler may not reorder float additions).
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let [[total]] = kernels::dots([a], [b]);
-    total
+/// A block of weight rows of [`rows_times_transposed`] against every activation row, into
+/// `out` (weight row after weight row, each with a value per activation row).
+struct TransposedBlock<'a, W> {
+    x: &'a [f32],
+    e: &'a [W],
+    d: usize,
+    out: &'a mut [f32],
+}
+
+impl<W: Weight> Kernel for TransposedBlock<'_, W> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: F32x>(self) {
+        let TransposedBlock { x, e, d, out } = self;
+        let rows = x.len() / d;
+        let count = e.len() / d;
+        let e_row = |v: usize| &e[v * d..(v + 1) * d];
+        let x_row = |r: usize| &x[r * d..(r + 1) * d];
+        // One weight row from each quarter of the block at a time, against the activation
+        // rows two at a time (then one, for an odd count).
+        let quarter = count / STREAMS;
+        // SAFETY: the level's instructions (the trait's contract).
+        unsafe {
+            for i in 0..quarter {
+                let weights: [&[W]; STREAMS] = [0, 1, 2, 3].map(|s| e_row(s * quarter + i));
+                let slot = |s: usize, r: usize| (s * quarter + i) * rows + r;
+                for r in (0..rows / 2 * 2).step_by(2) {
+                    let totals = dots::<V, W, STREAMS, 2>(weights, [x_row(r), x_row(r + 1)]);
+                    for (s, [a, b]) in totals.into_iter().enumerate() {
+                        out[slot(s, r)] = a;
+                        out[slot(s, r + 1)] = b;
+                    }
+                }
+                if rows % 2 == 1 {
+                    let totals = dots::<V, W, STREAMS, 1>(weights, [x_row(rows - 1)]);
+                    for (s, [value]) in totals.into_iter().enumerate() {
+                        out[slot(s, rows - 1)] = value;
+                    }
+                }
+            }
+            for k in STREAMS * quarter..count {
+                for r in 0..rows {
+                    let [[value]] = dots::<V, W, 1, 1>([e_row(k)], [x_row(r)]);
+                    out[k * rows + r] = value;
+                }
+            }
+        }
+    }
 }
 
 /// `x` (rows, in) @ `w` (in, out) + `bias` (out); `x` and `bias` f32, `w` f32 or bf16, the
 /// answer f32.
-pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+pub fn linear(level: Level, x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     if x.dim(0)? <= SMALL_ROWS {
         x.contiguous()?
-            .apply_op3_no_bwd(w, bias, &RowsTimesMatrixPlusBias)
+            .apply_op3_no_bwd(w, bias, &RowsTimesMatrixPlusBias { level })
     } else {
         x.matmul(&w.to_dtype(DType::F32)?)?.broadcast_add(bias)
     }
 }
 
 /// `x` (rows, d) @ `e`^T for `e` (vocab, d), without transposing `e`; `e` f32 or bf16.
-pub fn matmul_transposed(x: &Tensor, e: &Tensor) -> candle_core::Result<Tensor> {
+pub fn matmul_transposed(level: Level, x: &Tensor, e: &Tensor) -> candle_core::Result<Tensor> {
     if x.dim(0)? <= SMALL_ROWS {
-        x.contiguous()?.apply_op2_no_bwd(e, &RowsTimesTransposed)
+        x.contiguous()?
+            .apply_op2_no_bwd(e, &RowsTimesTransposed { level })
     } else {
         x.matmul(&e.to_dtype(DType::F32)?.t()?)
     }
@@ -579,12 +560,15 @@ mod tests {
     }
 
     /// Every row count up to and past [`SMALL_ROWS`], input widths that are and are not a
-    /// multiple of the row group, f32 and bf16 weights: equal to candle's product of the same
-    /// (widened) weights.
+    /// multiple of the row group, f32 and bf16 weights, every level this CPU has: equal to
+    /// candle's product of the same (widened) weights.
     #[test]
     fn products_match_candle() {
         let dev = Device::Cpu;
-        for dtype in [DType::F32, DType::BF16] {
+        for (level, dtype) in Level::supported()
+            .into_iter()
+            .flat_map(|level| [(level, DType::F32), (level, DType::BF16)])
+        {
             for inputs in [37, 64] {
                 for rows in 1..=SMALL_ROWS + 1 {
                     let x = Tensor::from_vec(values(rows * inputs, 1), (rows, inputs), &dev).unwrap();
@@ -595,16 +579,23 @@ mod tests {
                     let wide = w.to_dtype(DType::F32).unwrap();
                     let bias = Tensor::from_vec(values(1001, 4), 1001, &dev).unwrap();
                     let want = x.matmul(&wide).unwrap().broadcast_add(&bias).unwrap();
-                    let diff = max_difference(&linear(&x, &w, &bias).unwrap(), &want);
-                    assert!(diff < 1e-4, "{dtype:?} {inputs} inputs, rows {rows}: {diff}");
+                    let diff = max_difference(&linear(level, &x, &w, &bias).unwrap(), &want);
+                    assert!(
+                        diff < 1e-4,
+                        "{level} {dtype:?} {inputs} inputs, rows {rows}: {diff}"
+                    );
 
                     let e = Tensor::from_vec(values(1001 * inputs, 3), (1001, inputs), &dev)
                         .unwrap()
                         .to_dtype(dtype)
                         .unwrap();
                     let wide = e.to_dtype(DType::F32).unwrap().t().unwrap();
-                    let diff = max_difference(&matmul_transposed(&x, &e).unwrap(), &x.matmul(&wide).unwrap());
-                    assert!(diff < 1e-4, "{dtype:?} {inputs} inputs, rows {rows}: {diff}");
+                    let got = matmul_transposed(level, &x, &e).unwrap();
+                    let diff = max_difference(&got, &x.matmul(&wide).unwrap());
+                    assert!(
+                        diff < 1e-4,
+                        "{level} {dtype:?} {inputs} inputs, rows {rows}: {diff}"
+                    );
                 }
             }
         }

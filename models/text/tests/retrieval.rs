@@ -19,6 +19,7 @@ fn load() -> (Gpt2, Gpt2Tokenizer) {
         &dir.join("config.json"),
         &dir.join("model.safetensors"),
         WeightPrecision::F32,
+        simd::level(),
     )
     .unwrap();
     (model, Gpt2Tokenizer::builtin().unwrap())

@@ -1,12 +1,18 @@
-//! Inner loops of the NHWC depthwise convolution, one output row at a time.
+//! Inner loops of the NHWC depthwise convolution, one output row at a time, written once for
+//! every [`Level`] of vector instructions.
 //!
-//! A 3x3 kernel (every MobileNetV2) runs eight channels at a time with that block's nine taps
-//! and bias held in registers while it sweeps the row, so each output vector costs nine loads
-//! and nine fused multiply-adds; taps that fall in the padding read a row of zeros, so only the
-//! image's edge columns take a slower path. Other kernel sizes, and channels past the last
-//! multiple of eight, take the portable loop.
+//! A 3x3 kernel (every MobileNetV2) runs one vector of channels at a time with that block's
+//! nine taps and bias held in registers while it sweeps the row. Output pixels of the image's
+//! interior go in groups: the group's input columns are loaded once per kernel row and each
+//! serves the (up to three) outputs whose taps cover it, so a group of `G` pixels at stride 1
+//! costs `3 (G + 2)` loads for `9 G` multiply-adds instead of `9 G` of each. Taps that fall in
+//! the padding read a row of zeros, so only the image's edge columns take a slower path.
+//! Channels past the last whole vector take masked loads; other kernel sizes take the portable
+//! loop.
 
 use std::mem::MaybeUninit;
+
+use simd::{dispatch, F32x, Kernel, Level};
 
 use crate::ops::{Activation, ConvGeometry, Plan};
 
@@ -14,6 +20,7 @@ use crate::ops::{Activation, ConvGeometry, Plan};
 /// is a row of W x C zeros, read where the kernel overlaps the padding.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn row(
+    level: Level,
     geometry: ConvGeometry,
     activation: Activation,
     plan: &Plan,
@@ -25,17 +32,30 @@ pub(crate) fn row(
     out: &mut [MaybeUninit<f32>],
 ) {
     debug_assert_eq!(out.len(), plan.out_width * plan.channels);
-    let vectorised = if geometry.kernel == 3 {
-        kernel::row3x3(geometry.stride, activation, plan, image, zeros, w, b, oy, out)
+    if geometry.kernel == 3 && level > Level::Portable {
+        let c = plan.channels;
+        assert!(image.len() == plan.height * plan.width * c && w.len() == 9 * c && b.len() == c);
+        assert!(zeros.len() >= plan.width * c && out.len() == plan.out_width * c);
+        dispatch(
+            level,
+            Row3x3 {
+                stride: geometry.stride,
+                activation,
+                plan,
+                image,
+                zeros,
+                w,
+                b,
+                oy,
+                out: out.as_mut_ptr().cast::<f32>(),
+            },
+        );
     } else {
-        0
-    };
-    if vectorised < plan.channels {
-        portable_row(geometry, activation, plan, image, w, b, oy, vectorised, out);
+        portable_row(geometry, activation, plan, image, w, b, oy, out);
     }
 }
 
-/// Channels `first..C` of output row `oy`, for any kernel size.
+/// Output row `oy` for any kernel size, in plain loops.
 #[allow(clippy::too_many_arguments)]
 fn portable_row(
     geometry: ConvGeometry,
@@ -45,57 +65,68 @@ fn portable_row(
     w: &[f32],
     b: &[f32],
     oy: usize,
-    first: usize,
     out: &mut [MaybeUninit<f32>],
 ) {
     let c = plan.channels;
-    let mut acc = vec![0f32; c - first];
+    let mut acc = vec![0f32; c];
     for ox in 0..plan.out_width {
-        acc.copy_from_slice(&b[first..]);
+        acc.copy_from_slice(b);
         for (tap, pixel) in plan.taps(geometry, oy, ox) {
-            let pixel = &image[pixel * c + first..][..c - first];
-            let tap = &w[tap * c + first..][..c - first];
+            let pixel = &image[pixel * c..][..c];
+            let tap = &w[tap * c..][..c];
             for ((a, &p), &t) in acc.iter_mut().zip(pixel).zip(tap) {
                 *a += p * t;
             }
         }
-        for (dst, &a) in out[ox * c + first..][..c - first].iter_mut().zip(&acc) {
+        for (dst, &a) in out[ox * c..][..c].iter_mut().zip(&acc) {
             dst.write(activation.apply(a));
         }
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-mod kernel {
-    use std::arch::x86_64::*;
-    use std::mem::MaybeUninit;
+/// One output row of a 3x3 convolution, every channel; lengths checked by [`row`].
+struct Row3x3<'a> {
+    stride: usize,
+    activation: Activation,
+    plan: &'a Plan,
+    image: &'a [f32],
+    zeros: &'a [f32],
+    w: &'a [f32],
+    b: &'a [f32],
+    oy: usize,
+    out: *mut f32,
+}
 
-    use crate::ops::{Activation, Plan};
+/// Output pixels per interior group, by lanes: with nine taps and the group's input columns
+/// in registers, four fill AVX2's sixteen, eight AVX-512's thirty-two.
+const fn group(lanes: usize) -> usize {
+    if lanes >= 16 {
+        8
+    } else {
+        4
+    }
+}
 
-    /// Output pixels computed together in the image's interior: each pixel's nine
-    /// multiply-adds form one dependent chain, so several chains keep both FMA units busy
-    /// (nine taps and four accumulators fit AVX2's sixteen registers; six ran no faster).
-    const GROUP: usize = 4;
+/// Input columns a group of [`group`] pixels reads at most (stride 2, 8 pixels).
+const MAX_COLUMNS: usize = 2 * (8 - 1) + 3;
 
-    /// Channels `0..C / 8 * 8` of output row `oy` of a 3x3 convolution; answers how many
-    /// channels it computed. `zeros` is at least one input row of zeros (W x C), read where
-    /// the kernel overlaps the padding.
-    #[allow(clippy::too_many_arguments)]
-    pub fn row3x3(
-        stride: usize,
-        activation: Activation,
-        plan: &Plan,
-        image: &[f32],
-        zeros: &[f32],
-        w: &[f32],
-        b: &[f32],
-        oy: usize,
-        out: &mut [MaybeUninit<f32>],
-    ) -> usize {
+impl Kernel for Row3x3<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: F32x>(self) {
+        let Row3x3 {
+            stride,
+            activation,
+            plan,
+            image,
+            zeros,
+            w,
+            b,
+            oy,
+            out,
+        } = self;
         let (c, width) = (plan.channels, plan.width);
-        let blocks = c / 8;
-        assert!(image.len() == plan.height * width * c && w.len() == 9 * c && b.len() == c);
-        assert!(zeros.len() >= width * c && out.len() == plan.out_width * c);
         // The input rows under the kernel's three rows of taps; the zero row in the padding.
         let rows: [*const f32; 3] = std::array::from_fn(|ky| {
             match (oy * stride + ky)
@@ -113,114 +144,87 @@ mod kernel {
             None => 0,
         };
         let interior = first..end.max(first);
-        let out = out.as_mut_ptr().cast::<f32>();
-        // SAFETY: AVX2 and FMA are compile-time features (the cfg above). Reads: each row
-        // pointer starts a W x C row (of the image or of `zeros`), interior columns read
-        // pixels `x0..x0 + 3` with `x0 + 2 < W`, border columns read checked pixels or
-        // `zeros`, and `cb + 8 <= c`; weights and bias are 9 * c and c long. Writes:
-        // `ox * c + cb + 8 <= out.len()`. All lengths are asserted above.
+        let g = group(V::LANES);
+        // SAFETY: the level's instructions (the trait's contract). Reads: each row pointer
+        // starts a W x C row (of the image or of `zeros`), interior columns read pixels
+        // `x0..x0 + 3` with `x0 + 2 < W`, border columns read checked pixels or `zeros`, and
+        // a block reads `lanes <= c - cb` channels from `cb`; weights and bias are 9 * c and c
+        // long. Writes: `ox * c + cb + lanes <= out.len()`. All lengths are checked by `row`.
         unsafe {
-            for cb in (0..blocks).map(|block| block * 8) {
-                let taps: [__m256; 9] = std::array::from_fn(|t| _mm256_loadu_ps(w.as_ptr().add(t * c + cb)));
-                let bias = _mm256_loadu_ps(b.as_ptr().add(cb));
-                let store = |ox: usize, acc: __m256| {
-                    _mm256_storeu_ps(out.add(ox * c + cb), activate(activation, acc))
-                };
-                let pixel_offset = |ox: usize| (ox * stride - plan.pad_left) * c + cb;
+            for cb in (0..c).step_by(V::LANES) {
+                let lanes = V::LANES.min(c - cb);
+                let mut taps = [V::zero(); 9];
+                for (t, tap) in taps.iter_mut().enumerate() {
+                    *tap = V::load_part(w.as_ptr().add(t * c + cb), lanes);
+                }
+                let bias = V::load_part(b.as_ptr().add(cb), lanes);
                 let mut ox = interior.start;
-                while ox + GROUP <= interior.end {
-                    let acc = interior_pixels::<GROUP>(&rows, pixel_offset(ox), stride * c, c, &taps, bias);
-                    for (j, &acc) in acc.iter().enumerate() {
-                        store(ox + j, acc);
+                if lanes == V::LANES {
+                    while ox + g <= interior.end {
+                        let offset = (ox * stride - plan.pad_left) * c + cb;
+                        let acc = if stride == 1 {
+                            interior_group::<V, 1>(&rows, offset, c, g, &taps, bias)
+                        } else {
+                            interior_group::<V, 2>(&rows, offset, c, g, &taps, bias)
+                        };
+                        for (j, &acc) in acc[..g].iter().enumerate() {
+                            activation.apply_lanes(acc).store(out.add((ox + j) * c + cb));
+                        }
+                        ox += g;
                     }
-                    ox += GROUP;
                 }
-                for ox in ox..interior.end {
-                    let [acc] = interior_pixels::<1>(&rows, pixel_offset(ox), 0, c, &taps, bias);
-                    store(ox, acc);
-                }
-                for ox in (0..interior.start).chain(interior.end..plan.out_width) {
-                    let columns: [Option<usize>; 3] = std::array::from_fn(|kx| {
-                        let ix = (ox * stride + kx).checked_sub(plan.pad_left)?;
-                        (ix < width).then_some(ix * c + cb)
-                    });
+                for ox in (0..interior.start).chain(ox..plan.out_width) {
                     let mut acc = bias;
                     for (ky, &row) in rows.iter().enumerate() {
-                        for (kx, &column) in columns.iter().enumerate() {
-                            let pixel = match column {
-                                Some(offset) => row.add(offset),
-                                None => zeros.as_ptr(),
-                            };
-                            acc = _mm256_fmadd_ps(_mm256_loadu_ps(pixel), taps[ky * 3 + kx], acc);
+                        for kx in 0..3 {
+                            let ix = (ox * stride + kx)
+                                .checked_sub(plan.pad_left)
+                                .filter(|&ix| ix < width);
+                            if let Some(ix) = ix {
+                                acc =
+                                    V::load_part(row.add(ix * c + cb), lanes).mul_add(taps[ky * 3 + kx], acc);
+                            }
                         }
                     }
-                    store(ox, acc);
-                }
-            }
-        }
-        blocks * 8
-    }
-
-    /// `P` neighbouring interior pixels, the first at `offset` in every row, the others
-    /// `step` apart.
-    #[inline(always)]
-    unsafe fn interior_pixels<const P: usize>(
-        rows: &[*const f32; 3],
-        offset: usize,
-        step: usize,
-        c: usize,
-        taps: &[__m256; 9],
-        bias: __m256,
-    ) -> [__m256; P] {
-        let mut acc = [bias; P];
-        // SAFETY: the caller's: every pixel read lies in its row.
-        unsafe {
-            for (ky, row) in rows.iter().enumerate() {
-                let base = row.add(offset);
-                for kx in 0..3 {
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        let x = _mm256_loadu_ps(base.add(j * step + kx * c));
-                        *acc = _mm256_fmadd_ps(x, taps[ky * 3 + kx], *acc);
-                    }
-                }
-            }
-        }
-        acc
-    }
-
-    #[inline(always)]
-    unsafe fn activate(activation: Activation, x: __m256) -> __m256 {
-        // SAFETY: AVX is a compile-time feature.
-        unsafe {
-            match activation {
-                Activation::Identity => x,
-                Activation::Relu6 => {
-                    _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(6.0))
+                    activation
+                        .apply_lanes(acc)
+                        .store_part(out.add(ox * c + cb), lanes);
                 }
             }
         }
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-mod kernel {
-    use std::mem::MaybeUninit;
-
-    use crate::ops::{Activation, Plan};
-
-    /// Without AVX2 every channel takes the portable loop.
-    #[allow(clippy::too_many_arguments)]
-    pub fn row3x3(
-        _stride: usize,
-        _activation: Activation,
-        _plan: &Plan,
-        _image: &[f32],
-        _zeros: &[f32],
-        _w: &[f32],
-        _b: &[f32],
-        _oy: usize,
-        _out: &mut [MaybeUninit<f32>],
-    ) -> usize {
-        0
+/// `g` neighbouring interior output pixels `S` input columns apart, the first reading from
+/// `offset` in every row: each row's `(g - 1) S + 3` input columns are loaded once.
+///
+/// # Safety
+/// The CPU must have `V`'s instructions; every column read must lie in its row.
+#[inline(always)]
+unsafe fn interior_group<V: F32x, const S: usize>(
+    rows: &[*const f32; 3],
+    offset: usize,
+    c: usize,
+    g: usize,
+    taps: &[V; 9],
+    bias: V,
+) -> [V; 8] {
+    let mut acc = [bias; 8];
+    let columns = (g - 1) * S + 3;
+    // SAFETY: the caller's.
+    unsafe {
+        for (ky, row) in rows.iter().enumerate() {
+            let base = row.add(offset);
+            let mut input = [V::zero(); MAX_COLUMNS];
+            for (i, input) in input[..columns].iter_mut().enumerate() {
+                *input = V::load(base.add(i * c));
+            }
+            for kx in 0..3 {
+                for (j, acc) in acc[..g].iter_mut().enumerate() {
+                    *acc = input[j * S + kx].mul_add(taps[ky * 3 + kx], *acc);
+                }
+            }
+        }
     }
+    acc
 }

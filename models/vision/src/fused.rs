@@ -14,8 +14,10 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use simd::gemm::{self, Weights};
+use simd::Level;
+
 use crate::depthwise;
-use crate::gemm::{self, PackedWeights};
 use crate::ops::{contiguous_f32, Activation, ConvGeometry, Plan};
 
 /// Expanded activation per strip, in bytes: about one core's L2 (512 KiB here). Batch 32 at
@@ -33,9 +35,10 @@ const MIN_SHARED_STRIP_ROWS: usize = 6;
 /// The block's weights; the input `x` (N, H, W, Cin) and the depthwise weight (K, K, C) and
 /// bias (C) are the op's tensors.
 struct InvertedResidual<'a> {
-    expand: Option<&'a PackedWeights>,
+    level: Level,
+    expand: Option<&'a Weights>,
     depthwise: ConvGeometry,
-    project: &'a PackedWeights,
+    project: &'a Weights,
     residual: bool,
     min_strips: usize,
 }
@@ -57,7 +60,7 @@ impl CustomOp3 for InvertedResidual<'_> {
         let &[batch, height, width, inputs] = xl.dims() else {
             candle_core::bail!("block: expected an NHWC tensor, got shape {:?}", xl.dims())
         };
-        let channels = self.expand.map_or(inputs, PackedWeights::outputs);
+        let channels = self.expand.map_or(inputs, Weights::outputs);
         let k = self.depthwise.kernel;
         if self.expand.is_some_and(|e| e.inputs() != inputs)
             || wl.dims() != [k, k, channels]
@@ -173,6 +176,7 @@ impl InvertedResidual<'_> {
             .enumerate()
             .for_each(|(oy, out)| {
                 depthwise::row(
+                    self.level,
                     self.depthwise,
                     Activation::Relu6,
                     &strip_plan,
@@ -208,12 +212,13 @@ impl InvertedResidual<'_> {
 /// threads busy, 1 spares expanding the shared rows twice.
 #[allow(clippy::too_many_arguments)]
 pub fn inverted_residual(
+    level: Level,
     x: &Tensor,
-    expand: Option<&PackedWeights>,
+    expand: Option<&Weights>,
     weight: &Tensor,
     bias: &Tensor,
     depthwise: ConvGeometry,
-    project: &PackedWeights,
+    project: &Weights,
     residual: bool,
     min_strips: usize,
 ) -> candle_core::Result<Tensor> {
@@ -221,6 +226,7 @@ pub fn inverted_residual(
         weight,
         bias,
         &InvertedResidual {
+            level,
             expand,
             depthwise,
             project,
@@ -259,70 +265,75 @@ mod tests {
             cases.iter().enumerate()
         {
             let seed = 10 * i as u64;
-            let x = Tensor::from_vec(
-                values(2 * height * width * inputs, seed),
-                (2, height, width, inputs),
-                &dev,
-            )
-            .unwrap();
-            let expand = expand.then(|| {
-                PackedWeights::pack(
-                    &values(inputs * channels, seed + 1),
-                    &values(channels, seed + 2),
-                    inputs,
-                    channels,
-                )
-            });
-            let weight =
-                Tensor::from_vec(values(k * k * channels, seed + 3), (k, k, channels), &dev).unwrap();
-            let bias = Tensor::from_vec(values(channels, seed + 4), channels, &dev).unwrap();
-            let project = PackedWeights::pack(
-                &values(channels * outputs, seed + 5),
-                &values(outputs, seed + 6),
-                channels,
-                outputs,
-            );
-            let geometry = ConvGeometry {
-                kernel: k,
-                stride,
-                padding,
-            };
-            let pointwise = ConvGeometry {
-                kernel: 1,
-                stride: 1,
-                padding: Padding::Symmetric,
-            };
-
-            let h = match &expand {
-                Some(expand) => ops::conv2d(&x, expand, pointwise, Activation::Relu6, None).unwrap(),
-                None => x.clone(),
-            };
-            let h = ops::depthwise_conv(&h, &weight, &bias, geometry, Activation::Relu6).unwrap();
-            let want = ops::conv2d(
-                &h,
-                &project,
-                pointwise,
-                Activation::Identity,
-                residual.then_some(&x),
-            )
-            .unwrap();
-            for min_strips in [1, 2] {
-                let got = inverted_residual(
-                    &x,
-                    expand.as_ref(),
-                    &weight,
-                    &bias,
-                    geometry,
-                    &project,
-                    residual,
-                    min_strips,
+            for level in Level::supported() {
+                let x = Tensor::from_vec(
+                    values(2 * height * width * inputs, seed),
+                    (2, height, width, inputs),
+                    &dev,
                 )
                 .unwrap();
-                let difference = max_abs_diff(&got, &want);
-                assert!(
-                    difference < 1e-4,
-                    "case {i}, {min_strips} strips at least: {difference}"
+                let expand = expand.then(|| {
+                    Weights::pack(
+                        level,
+                        &values(inputs * channels, seed + 1),
+                        &values(channels, seed + 2),
+                        inputs,
+                        channels,
+                    )
+                });
+                let weight =
+                    Tensor::from_vec(values(k * k * channels, seed + 3), (k, k, channels), &dev).unwrap();
+                let bias = Tensor::from_vec(values(channels, seed + 4), channels, &dev).unwrap();
+                let project = Weights::pack(
+                    level,
+                    &values(channels * outputs, seed + 5),
+                    &values(outputs, seed + 6),
+                    channels,
+                    outputs,
                 );
+                let geometry = ConvGeometry {
+                    kernel: k,
+                    stride,
+                    padding,
+                };
+                let pointwise = ConvGeometry {
+                    kernel: 1,
+                    stride: 1,
+                    padding: Padding::Symmetric,
+                };
+
+                let h = match &expand {
+                    Some(expand) => ops::conv2d(&x, expand, pointwise, Activation::Relu6, None).unwrap(),
+                    None => x.clone(),
+                };
+                let h = ops::depthwise_conv(level, &h, &weight, &bias, geometry, Activation::Relu6).unwrap();
+                let want = ops::conv2d(
+                    &h,
+                    &project,
+                    pointwise,
+                    Activation::Identity,
+                    residual.then_some(&x),
+                )
+                .unwrap();
+                for min_strips in [1, 2] {
+                    let got = inverted_residual(
+                        level,
+                        &x,
+                        expand.as_ref(),
+                        &weight,
+                        &bias,
+                        geometry,
+                        &project,
+                        residual,
+                        min_strips,
+                    )
+                    .unwrap();
+                    let difference = max_abs_diff(&got, &want);
+                    assert!(
+                        difference < 1e-4,
+                        "{level}, case {i}, {min_strips} strips at least: {difference}"
+                    );
+                }
             }
         }
     }
@@ -333,13 +344,24 @@ mod tests {
         let x = Tensor::zeros((1, 4, 4, 8), candle_core::DType::F32, &dev).unwrap();
         let weight = Tensor::zeros((3, 3, 8), candle_core::DType::F32, &dev).unwrap();
         let bias = Tensor::zeros(8, candle_core::DType::F32, &dev).unwrap();
-        let project = PackedWeights::pack(&[0.0; 8 * 8], &[0.0; 8], 8, 8);
+        let project = Weights::pack(simd::level(), &[0.0; 8 * 8], &[0.0; 8], 8, 8);
         let geometry = ConvGeometry {
             kernel: 3,
             stride: 2,
             padding: Padding::Symmetric,
         };
-        let error = inverted_residual(&x, None, &weight, &bias, geometry, &project, true, 1).unwrap_err();
+        let error = inverted_residual(
+            simd::level(),
+            &x,
+            None,
+            &weight,
+            &bias,
+            geometry,
+            &project,
+            true,
+            1,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("residual"), "{error}");
     }
 }

@@ -8,7 +8,6 @@ pub mod dataset;
 mod depthwise;
 pub mod evaluate;
 mod fused;
-pub mod gemm;
 pub mod head;
 pub mod image_input;
 pub mod mobilenetv2;

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
 
-use crate::gemm::PackedWeights;
+use simd::gemm::Weights;
+use simd::Level;
+
 use crate::ops::{self, Activation, ConvGeometry, Padding};
 use crate::{fused, VisionError};
 
@@ -39,7 +41,7 @@ impl Default for Architecture {
 /// (K * K * Cin, Cout) packed.
 #[derive(Debug)]
 struct FoldedConv {
-    weights: PackedWeights,
+    weights: Weights,
     geometry: ConvGeometry,
 }
 
@@ -65,16 +67,17 @@ struct FoldedDepthwise {
 /// convolutions' weights packed, their BatchNorm folded in.
 #[derive(Debug)]
 struct Block {
-    expand: Option<PackedWeights>,
+    expand: Option<Weights>,
     depthwise: FoldedDepthwise,
-    project: PackedWeights,
+    project: Weights,
     residual: bool,
 }
 
 impl Block {
     /// The block over `x`; see [`fused::inverted_residual`] for `min_strips`.
-    fn forward(&self, x: &Tensor, min_strips: usize) -> candle_core::Result<Tensor> {
+    fn forward(&self, level: Level, x: &Tensor, min_strips: usize) -> candle_core::Result<Tensor> {
         fused::inverted_residual(
+            level,
             x,
             self.expand.as_ref(),
             &self.depthwise.weight,
@@ -87,22 +90,28 @@ impl Block {
     }
 }
 
-/// A MobileNetV2 backbone with its classifier.
+/// A MobileNetV2 backbone with its classifier, its kernels built for one [`Level`].
 #[derive(Debug)]
 pub struct MobileNetV2 {
+    level: Level,
     stem: FoldedConv,
     blocks: Vec<Block>,
     head: FoldedConv,
     /// The final linear layer, (features, classes).
-    classifier: Option<PackedWeights>,
+    classifier: Option<Weights>,
 }
 
 impl MobileNetV2 {
     /// Builds the network from timm-layout tensors (`conv_stem`, `bn1`, `blocks.S.B.*`,
-    /// `conv_head`, `bn2`, `classifier`). The classifier is optional: a backbone-only file
-    /// answers features.
-    pub fn from_tensors(tensors: &BTreeMap<String, Tensor>, arch: Architecture) -> Result<Self, VisionError> {
-        let loader = Loader { tensors, arch };
+    /// `conv_head`, `bn2`, `classifier`), its weights laid out for the kernels of `level`
+    /// (normally [`simd::level`]). The classifier is optional: a backbone-only file answers
+    /// features.
+    pub fn from_tensors(
+        tensors: &BTreeMap<String, Tensor>,
+        arch: Architecture,
+        level: Level,
+    ) -> Result<Self, VisionError> {
+        let loader = Loader { tensors, arch, level };
         let stem = loader.dense("conv_stem", "bn1", 2)?;
         let mut blocks = Vec::new();
         let mut channels = stem.out_channels();
@@ -139,11 +148,12 @@ impl MobileNetV2 {
                         head.out_channels()
                     )));
                 }
-                Some(pack(weight, bias)?)
+                Some(pack(level, weight, bias)?)
             }
             None => None,
         };
         Ok(Self {
+            level,
             stem,
             blocks,
             head,
@@ -158,7 +168,7 @@ impl MobileNetV2 {
 
     /// Number of classes of the classifier, if there is one.
     pub fn num_classes(&self) -> Option<usize> {
-        self.classifier.as_ref().map(PackedWeights::outputs)
+        self.classifier.as_ref().map(Weights::outputs)
     }
 
     /// Pooled features (batch, feature_dim) of normalised images (batch, height, width, 3).
@@ -189,10 +199,10 @@ impl MobileNetV2 {
     fn features_of_pass(&self, images: &Tensor, min_strips: usize) -> candle_core::Result<Tensor> {
         let mut x = self.stem.forward(images)?;
         for block in &self.blocks {
-            x = block.forward(&x, min_strips)?;
+            x = block.forward(self.level, &x, min_strips)?;
         }
         let x = self.head.forward(&x)?;
-        ops::global_average_pool(&x)
+        ops::global_average_pool(self.level, &x)
     }
 
     /// Logits (batch, classes) of normalised images (batch, height, width, 3).
@@ -216,11 +226,11 @@ impl Module for MobileNetV2 {
 }
 
 /// Packs an (outputs, inputs) weight, PyTorch's layout, and its bias for [`ops::linear`].
-fn pack(weight: &Tensor, bias: &Tensor) -> Result<PackedWeights, VisionError> {
+fn pack(level: Level, weight: &Tensor, bias: &Tensor) -> Result<Weights, VisionError> {
     let (outputs, inputs) = weight.dims2()?;
     let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     with_values(weight, |weight| {
-        PackedWeights::pack_transposed(weight, &bias, inputs, outputs)
+        Weights::pack_transposed(level, weight, &bias, inputs, outputs)
     })
 }
 
@@ -238,6 +248,7 @@ fn with_values<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, Vis
 struct Loader<'a> {
     tensors: &'a BTreeMap<String, Tensor>,
     arch: Architecture,
+    level: Level,
 }
 
 impl Loader<'_> {
@@ -285,14 +296,20 @@ impl Loader<'_> {
         // GEMM input `k` is im2col's order, tap `k / Cin` (row by row) of channel `k % Cin`.
         let taps = kh * kw;
         let weights = with_values(&weight, |weight| {
-            PackedWeights::from_fn(&shift, taps * in_channels, out_channels, |k, output| {
-                let index = if taps == 1 {
-                    output * in_channels + k
-                } else {
-                    (output * in_channels + k % in_channels) * taps + k / in_channels
-                };
-                weight[index] * scale[output]
-            })
+            Weights::from_fn(
+                self.level,
+                &shift,
+                taps * in_channels,
+                out_channels,
+                |k, output| {
+                    let index = if taps == 1 {
+                        output * in_channels + k
+                    } else {
+                        (output * in_channels + k % in_channels) * taps + k / in_channels
+                    };
+                    weight[index] * scale[output]
+                },
+            )
         })?;
         let padding = if kh == 1 {
             Padding::Symmetric
@@ -310,7 +327,7 @@ impl Loader<'_> {
     }
 
     /// A 1x1 convolution `{conv}.weight` (Cout, Cin, 1, 1) folded with BatchNorm `{bn}`.
-    fn pointwise(&self, conv: &str, bn: &str) -> Result<PackedWeights, VisionError> {
+    fn pointwise(&self, conv: &str, bn: &str) -> Result<Weights, VisionError> {
         let folded = self.dense(conv, bn, 1)?;
         if folded.geometry.kernel != 1 {
             return Err(VisionError::Weights(format!(
@@ -382,11 +399,13 @@ mod tests {
     fn passes_give_the_features_of_one_pass() {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mobilenetv2-tiny");
         let tensors = hub::load_safetensors(&fixture.join("model.safetensors")).unwrap();
-        let model = MobileNetV2::from_tensors(&tensors, Architecture::default()).unwrap();
         let images = Tensor::rand(-1f32, 1f32, (5, 64, 48, 3), &Device::Cpu).unwrap();
-        let whole = model.features_of_pass(&images, 1).unwrap();
-        let passes = model.features(&images).unwrap();
-        let difference = max_abs_diff(&passes, &whole);
-        assert!(difference < 1e-5, "{difference}");
+        for level in Level::supported() {
+            let model = MobileNetV2::from_tensors(&tensors, Architecture::default(), level).unwrap();
+            let whole = model.features_of_pass(&images, 1).unwrap();
+            let passes = model.features(&images).unwrap();
+            let difference = max_abs_diff(&passes, &whole);
+            assert!(difference < 1e-5, "{level}: {difference}");
+        }
     }
 }

@@ -9,8 +9,11 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+pub use simd::gemm::Activation;
+use simd::gemm::{self, Weights};
+use simd::{dispatch, F32x, Kernel, Level};
+
 use crate::depthwise;
-use crate::gemm::{self, PackedWeights};
 
 /// How a convolution pads its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -36,24 +39,6 @@ impl Padding {
                 let total = ((out - 1) * stride + kernel).saturating_sub(input);
                 (out, total / 2)
             }
-        }
-    }
-}
-
-/// Element-wise activation fused into a kernel's epilogue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Identity,
-    /// `min(max(x, 0), 6)`, MobileNetV2's activation.
-    Relu6,
-}
-
-impl Activation {
-    #[inline(always)]
-    pub(crate) fn apply(self, x: f32) -> f32 {
-        match self {
-            Activation::Identity => x,
-            Activation::Relu6 => x.clamp(0.0, 6.0),
         }
     }
 }
@@ -148,6 +133,7 @@ pub(crate) fn contiguous_f32<'a>(
 
 /// Depthwise convolution with bias and activation: `x` (N, H, W, C), weight (K, K, C), bias (C).
 pub struct DepthwiseConv {
+    pub level: Level,
     pub geometry: ConvGeometry,
     pub activation: Activation,
 }
@@ -191,6 +177,7 @@ impl CustomOp3 for DepthwiseConv {
                 let (n, oy) = (row / plan.out_height, row % plan.out_height);
                 let image = &x[n * image_len..][..image_len];
                 depthwise::row(
+                    self.level,
                     self.geometry,
                     self.activation,
                     &plan,
@@ -263,7 +250,9 @@ impl CustomOp1 for Im2Col {
 }
 
 /// Mean over the pixels of each image: `x` (N, H, W, C) becomes (N, C).
-struct GlobalAveragePool;
+struct GlobalAveragePool {
+    level: Level,
+}
 
 impl CustomOp1 for GlobalAveragePool {
     fn name(&self) -> &'static str {
@@ -277,32 +266,54 @@ impl CustomOp1 for GlobalAveragePool {
         let x = contiguous_f32(xs, xl, "pooling input")?;
         let pixels = height * width;
         let mut out = vec![0f32; batch * c];
-        if pixels > 0 {
-            out.par_chunks_mut(c.max(1))
-                .zip(x.par_chunks(pixels * c.max(1)))
-                .for_each(|(sums, image)| {
-                    for pixel in image.chunks_exact(c) {
-                        for (sum, &value) in sums.iter_mut().zip(pixel) {
-                            *sum += value;
-                        }
-                    }
-                    let scale = 1.0 / pixels as f32;
-                    sums.iter_mut().for_each(|sum| *sum *= scale);
-                });
+        if pixels > 0 && c > 0 {
+            out.par_chunks_mut(c)
+                .zip(x.par_chunks(pixels * c))
+                .for_each(|(means, image)| dispatch(self.level, PixelMeans { image, means }));
         }
         Ok((CpuStorage::F32(out), Shape::from((batch, c))))
     }
 }
 
+/// The mean of one image's pixels (`image`: pixels x C) into `means` (C).
+struct PixelMeans<'a> {
+    image: &'a [f32],
+    means: &'a mut [f32],
+}
+
+impl Kernel for PixelMeans<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: F32x>(self) {
+        let c = self.means.len();
+        let pixels = self.image.len() / c;
+        let scale = 1.0 / pixels as f32;
+        for cb in (0..c).step_by(V::LANES) {
+            let lanes = V::LANES.min(c - cb);
+            // SAFETY: the level's instructions (the trait's contract); each read is `lanes`
+            // channels from `cb` of a pixel, each write `lanes` means from `cb`.
+            unsafe {
+                let mut sum = V::zero();
+                for pixel in 0..pixels {
+                    sum = sum.add(V::load_part(self.image.as_ptr().add(pixel * c + cb), lanes));
+                }
+                sum.mul(V::splat(scale))
+                    .store_part(self.means.as_mut_ptr().add(cb), lanes);
+            }
+        }
+    }
+}
+
 /// Mean over the pixels of each image of `x` (N, H, W, C), answering (N, C).
-pub fn global_average_pool(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&GlobalAveragePool)
+pub fn global_average_pool(level: Level, x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&GlobalAveragePool { level })
 }
 
 /// A 1x1 convolution, or a dense one after [`Im2Col`]: the rows of `x` (.., in) times packed
 /// weights, with bias and activation, plus the residual when the op is applied to two tensors.
 struct Pointwise<'a> {
-    weights: &'a PackedWeights,
+    weights: &'a Weights,
     activation: Activation,
 }
 
@@ -367,28 +378,36 @@ impl CustomOp2 for Pointwise<'_> {
 }
 
 /// `activation(x @ weight + bias)` for the rows of `x` (.., in), answering (.., out).
-pub fn linear(x: &Tensor, weights: &PackedWeights, activation: Activation) -> candle_core::Result<Tensor> {
+pub fn linear(x: &Tensor, weights: &Weights, activation: Activation) -> candle_core::Result<Tensor> {
     x.contiguous()?
         .apply_op1_no_bwd(&Pointwise { weights, activation })
 }
 
 /// Depthwise convolution of `x` (N, H, W, C) with `weight` (K, K, C) and `bias` (C).
 pub fn depthwise_conv(
+    level: Level,
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     geometry: ConvGeometry,
     activation: Activation,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op3_no_bwd(weight, bias, &DepthwiseConv { geometry, activation })
+    x.contiguous()?.apply_op3_no_bwd(
+        weight,
+        bias,
+        &DepthwiseConv {
+            level,
+            geometry,
+            activation,
+        },
+    )
 }
 
 /// Dense convolution of `x` (N, H, W, Cin) with packed weights (K * K * Cin, Cout), taps
 /// ordered (ky, kx, c), answering `activation(conv + bias) + residual` (N, OH, OW, Cout).
 pub fn conv2d(
     x: &Tensor,
-    weights: &PackedWeights,
+    weights: &Weights,
     geometry: ConvGeometry,
     activation: Activation,
     residual: Option<&Tensor>,
@@ -488,9 +507,59 @@ mod tests {
                 .unwrap()
                 .contiguous()
                 .unwrap();
-            let got = depthwise_conv(&x, &kernel_weight, &bias, geometry, Activation::Relu6).unwrap();
-            let diff = max_abs_diff(&got, &expected);
-            assert!(diff < 1e-5, "case {i} {:?}: max difference {diff}", CASES[i]);
+            for level in Level::supported() {
+                let got =
+                    depthwise_conv(level, &x, &kernel_weight, &bias, geometry, Activation::Relu6).unwrap();
+                let diff = max_abs_diff(&got, &expected);
+                assert!(
+                    diff < 1e-5,
+                    "{level}, case {i} {:?}: max difference {diff}",
+                    CASES[i]
+                );
+            }
+        }
+    }
+
+    /// Rows wide enough for every interior group and its leftovers, channels with and without
+    /// a partial vector, both strides and paddings: the vector levels equal the portable loop.
+    #[test]
+    fn depthwise_levels_agree_on_wide_rows() {
+        let dev = Device::Cpu;
+        for (i, &(w, c, stride, padding)) in [
+            (37, 32, 1, Padding::Symmetric),
+            (40, 24, 2, Padding::TfSame),
+            (29, 40, 2, Padding::Symmetric),
+            (56, 144, 1, Padding::TfSame),
+            (19, 8, 1, Padding::Symmetric),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let geometry = ConvGeometry {
+                kernel: 3,
+                stride,
+                padding,
+            };
+            let x = Tensor::from_vec(values(5 * w * c, 10 + i as u64), (1, 5, w, c), &dev).unwrap();
+            let weight = Tensor::from_vec(values(9 * c, 20 + i as u64), (3, 3, c), &dev).unwrap();
+            let bias = Tensor::from_vec(values(c, 30 + i as u64), c, &dev).unwrap();
+            let portable = depthwise_conv(
+                Level::Portable,
+                &x,
+                &weight,
+                &bias,
+                geometry,
+                Activation::Identity,
+            )
+            .unwrap();
+            for level in Level::supported() {
+                let got = depthwise_conv(level, &x, &weight, &bias, geometry, Activation::Identity).unwrap();
+                let diff = max_abs_diff(&got, &portable);
+                assert!(
+                    diff < 1e-5,
+                    "{level}, width {w}, {c} channels, stride {stride}: {diff}"
+                );
+            }
         }
     }
 
@@ -519,17 +588,23 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             let bias_values = bias.to_vec1::<f32>().unwrap();
-            let packed = PackedWeights::pack(&kernel_weight, &bias_values, k * k * c, out);
-            let got = conv2d(&x, &packed, geometry, Activation::Relu6, None).unwrap();
-            let diff = max_abs_diff(&got, &expected);
-            assert!(diff < 1e-5, "case {i} {:?}: max difference {diff}", CASES[i]);
+            for level in Level::supported() {
+                let packed = Weights::pack(level, &kernel_weight, &bias_values, k * k * c, out);
+                let got = conv2d(&x, &packed, geometry, Activation::Relu6, None).unwrap();
+                let diff = max_abs_diff(&got, &expected);
+                assert!(
+                    diff < 1e-5,
+                    "{level}, case {i} {:?}: max difference {diff}",
+                    CASES[i]
+                );
+            }
         }
     }
 
     #[test]
     fn a_residual_of_the_wrong_shape_is_an_error() {
         let x = Tensor::from_vec(values(2 * 3 * 4, 1), (1, 2, 3, 4), &Device::Cpu).unwrap();
-        let weights = PackedWeights::pack(&values(4 * 5, 2), &values(5, 3), 4, 5);
+        let weights = Weights::pack(simd::level(), &values(4 * 5, 2), &values(5, 3), 4, 5);
         let geometry = ConvGeometry {
             kernel: 1,
             stride: 1,
@@ -549,9 +624,13 @@ mod tests {
 
     #[test]
     fn global_average_pool_matches_candle_mean() {
-        let x = Tensor::from_vec(values(3 * 5 * 7 * 11, 9), (3, 5, 7, 11), &Device::Cpu).unwrap();
-        let diff = max_abs_diff(&global_average_pool(&x).unwrap(), &x.mean((1, 2)).unwrap());
-        assert!(diff < 1e-6, "max difference {diff}");
+        for c in [11, 16, 40] {
+            let x = Tensor::from_vec(values(3 * 5 * 7 * c, 9), (3, 5, 7, c), &Device::Cpu).unwrap();
+            for level in Level::supported() {
+                let diff = max_abs_diff(&global_average_pool(level, &x).unwrap(), &x.mean((1, 2)).unwrap());
+                assert!(diff < 1e-6, "{level}, {c} channels: max difference {diff}");
+            }
+        }
     }
 
     #[test]

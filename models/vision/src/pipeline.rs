@@ -47,7 +47,7 @@ impl ImageClassifier {
             .map_err(|e| VisionError::Config(format!("cannot read {}: {e}", config_path.display())))?;
         let config = ModelConfig::from_json(&text)?;
         let tensors = hub::load_safetensors(weights_path).map_err(|e| VisionError::Weights(e.to_string()))?;
-        let model = MobileNetV2::from_tensors(&tensors, config.architecture())?;
+        let model = MobileNetV2::from_tensors(&tensors, config.architecture(), simd::level())?;
         Self::new(model, &config)
     }
 

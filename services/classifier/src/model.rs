@@ -53,8 +53,9 @@ pub enum LoadError {
 
 /// Resolves, loads, builds and warms up the classifier, timing each step.
 pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifier, ModelCard), LoadError> {
-    args.compute
-        .require_cpu(&[DTypeArg::F32])
+    let level = args
+        .compute
+        .cpu_kernels(&[DTypeArg::F32])
         .map_err(LoadError::Unsupported)?;
     let source: hub::ModelSource = args.model.parse()?;
     let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
@@ -67,7 +68,7 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifie
     })?;
     let tensors = phases.run("load_weights", || hub::load_safetensors(&weights_path))?;
     let classifier = phases.run("build_model", || -> Result<_, VisionError> {
-        let model = vision::MobileNetV2::from_tensors(&tensors, config.architecture())?;
+        let model = vision::MobileNetV2::from_tensors(&tensors, config.architecture(), level)?;
         ImageClassifier::new(model, &config)
     })?;
     drop(tensors);
@@ -93,6 +94,7 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifie
         source: source.to_string(),
         device: "cpu".into(),
         dtype: args.compute.dtype.to_string(),
+        kernels: level.name().into(),
         details: json!({
             "architecture": config.architecture.as_deref().unwrap_or("mobilenetv2"),
             "num_classes": classifier.labels().len(),

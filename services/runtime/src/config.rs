@@ -58,8 +58,10 @@ pub struct ComputeArgs {
 
 impl ComputeArgs {
     /// This build computes on the CPU, with the weight types in `supported` (what the model's
-    /// kernels have); anything else is refused at start, with the way out.
-    pub fn require_cpu(&self, supported: &[DTypeArg]) -> Result<(), String> {
+    /// kernels have), at the level of vector instructions [`simd::Level::from_env`] picks
+    /// (the CPU's best unless `CPU_KERNELS` asks for less), which it answers and logs;
+    /// anything else is refused at start, with the way out.
+    pub fn cpu_kernels(&self, supported: &[DTypeArg]) -> Result<simd::Level, String> {
         if let DeviceArg::Cuda(_) = self.device {
             return Err("this build has no CUDA support; run with --device cpu (or auto)".into());
         }
@@ -71,7 +73,13 @@ impl ComputeArgs {
                 choices.join(" or ")
             ));
         }
-        Ok(())
+        let level = simd::Level::from_env().map_err(|e| e.to_string())?;
+        tracing::info!(
+            kernels = level.name(),
+            best = simd::Level::best().name(),
+            "cpu kernels"
+        );
+        Ok(level)
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::phases::Phase;
+use crate::server::ModelCard;
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -110,9 +111,16 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, service: &str, phases: &[Phase]) -> String {
+    pub fn render(&self, service: &str, card: &ModelCard, phases: &[Phase]) -> String {
         let f = self.families.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
+        out.push_str("# HELP model_info The model served, where and how it computes.\n");
+        out.push_str("# TYPE model_info gauge\n");
+        let _ = writeln!(
+            out,
+            "model_info{{model=\"{}\",device=\"{}\",dtype=\"{}\",kernels=\"{}\"}} 1",
+            card.id, card.device, card.dtype, card.kernels
+        );
         out.push_str("# HELP http_requests_total Requests answered, by route, method and status.\n");
         out.push_str("# TYPE http_requests_total counter\n");
         for ((route, method, status), count) in &f.requests {

@@ -36,6 +36,8 @@ pub struct ModelCard {
     pub source: String,
     pub device: String,
     pub dtype: String,
+    /// The level of vector instructions the CPU kernels run at (`avx512-bf16`, `avx2`, ...).
+    pub kernels: String,
     /// Service-specific facts (labels, vocabulary size, input size...).
     pub details: Value,
     /// The weights file, hashed on the first `/v1/models` request rather than at start-up.
@@ -221,7 +223,7 @@ async fn live() -> Json<Value> {
 }
 
 async fn metrics(State(ctx): State<Arc<ServiceContext>>) -> Response {
-    let body = ctx.metrics.render(ctx.service, &ctx.phases);
+    let body = ctx.metrics.render(ctx.service, &ctx.card, &ctx.phases);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -248,6 +250,7 @@ async fn models(State(ctx): State<Arc<ServiceContext>>) -> Result<Json<Value>, A
             "checksum": checksum,
             "device": card.device,
             "dtype": card.dtype,
+            "kernels": card.kernels,
             "details": card.details,
             "init_phases": ctx.phases,
             "init_ms": init_ms,

@@ -53,8 +53,9 @@ pub struct TextModel {
 
 /// Resolves, loads and warms up the model, timing each step.
 pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, ModelCard), LoadError> {
-    args.compute
-        .require_cpu(&[DTypeArg::F32, DTypeArg::Bf16])
+    let level = args
+        .compute
+        .cpu_kernels(&[DTypeArg::F32, DTypeArg::Bf16])
         .map_err(LoadError::Unsupported)?;
     let precision = match args.compute.dtype {
         DTypeArg::Bf16 => WeightPrecision::Bf16,
@@ -64,17 +65,16 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
     let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
         Ok((source.fetch("config.json")?, source.fetch("model.safetensors")?))
     })?;
-    // The tokenizer is built while the weights load: the two are independent, and overlapping
-    // them takes 10-30 ms off every cold start (port open at 217-247 ms against 226-261 one
-    // after the other, in turns, 22:57 on 2026-11-29). Both run on the thread pool that the
-    // weight copy already fills (rayon's join), so the build takes one worker for its length
-    // instead of a third thread competing with two copying ones. Each phase is recorded with
-    // the time it took; they overlap.
+    // The tokenizer is built while the weights load: the two are independent, so overlapping
+    // them shortens every cold start. Both run on the thread pool that the weight copy already
+    // fills (rayon's join), so the build takes one worker for its length instead of a third
+    // thread competing with two copying ones. Each phase is recorded with the time it took;
+    // they overlap.
     let ((gpt2, weights_took), (tokenizer, tokenizer_took)) = rayon::join(
         || {
             let started = std::time::Instant::now();
             (
-                Gpt2::load(&config_path, &weights_path, precision),
+                Gpt2::load(&config_path, &weights_path, precision, level),
                 started.elapsed(),
             )
         },
@@ -104,6 +104,7 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
         source: source.to_string(),
         device: "cpu".into(),
         dtype: args.compute.dtype.to_string(),
+        kernels: level.name().into(),
         details: json!({
             "architecture": "gpt2",
             "vocab_size": config.vocab_size,

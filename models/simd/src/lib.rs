@@ -1,0 +1,140 @@
+//! CPU kernels chosen at run time: one x86-64 binary runs at the best level of vector
+//! instructions the CPU has (AVX-512 with BF16, AVX-512, AVX2, or portable code), decided once
+//! per process ([`level`]) and held by each loaded model, so that a binary built for any
+//! x86-64 never stops with "Illegal instruction" and never gives up the wide vectors.
+//!
+//! A kernel is written once, generic over the vector type [`F32x`], as a [`Kernel`];
+//! [`dispatch`] runs it compiled for a level. The matrix products shared by the models
+//! ([`gemm`], [`dot`]) are built this way.
+
+pub mod dot;
+pub mod gemm;
+mod level;
+mod vector;
+
+pub use level::{level, Level, LevelError, ENV};
+#[cfg(target_arch = "x86_64")]
+pub use vector::{Avx2, Avx512};
+pub use vector::{F32x, Portable};
+
+/// Asks the CPU to bring the cache line holding `p` into its caches ahead of use: a hint,
+/// valid for any address (SSE, so at every level).
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and faults on no address; SSE is part
+    // of x86-64's baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// A computation written once for every level: [`dispatch`] calls [`Kernel::run`] with the
+/// level's vector type, from a function compiled for that level's instructions.
+pub trait Kernel {
+    type Output;
+
+    /// The computation with vectors `V`. Implementations must be `#[inline(always)]`, so that
+    /// they are compiled for the level's instructions together with the caller.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instructions ([`dispatch`] ensures it).
+    unsafe fn run<V: F32x>(self) -> Self::Output;
+}
+
+/// Runs `kernel` at `level`, which must be one this CPU has ([`Level::is_supported`]; the
+/// models hold levels that came from [`level`] or [`Level::supported`]).
+///
+/// # Panics
+/// When the CPU lacks `level`'s instructions: running them would be undefined behaviour.
+#[inline]
+pub fn dispatch<K: Kernel>(level: Level, kernel: K) -> K::Output {
+    assert!(level.is_supported(), "this CPU has no {level} instructions");
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// The kernel compiled for AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<K: Kernel>(kernel: K) -> K::Output {
+            // SAFETY: the CPU has AVX2 and FMA (checked by `dispatch`).
+            unsafe { kernel.run::<Avx2>() }
+        }
+        /// The kernel compiled for AVX-512.
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        unsafe fn avx512<K: Kernel>(kernel: K) -> K::Output {
+            // SAFETY: the CPU has AVX-512 (checked by `dispatch`).
+            unsafe { kernel.run::<Avx512>() }
+        }
+        match level {
+            // SAFETY: `level` is supported (asserted above).
+            Level::Avx512 | Level::Avx512Bf16 => unsafe { avx512(kernel) },
+            // SAFETY: as above.
+            Level::Avx2 => unsafe { avx2(kernel) },
+            // SAFETY: portable code runs anywhere.
+            Level::Portable => unsafe { kernel.run::<Portable>() },
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: portable code runs anywhere.
+    unsafe {
+        kernel.run::<Portable>()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_values {
+    /// Deterministic values in [-1, 1).
+    pub fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                let x = (i.wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503))) >> 7;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Exp<'a>(&'a [f32]);
+
+    impl Kernel for Exp<'_> {
+        type Output = Vec<f32>;
+
+        #[inline(always)]
+        unsafe fn run<V: F32x>(self) -> Vec<f32> {
+            let mut out = vec![0f32; self.0.len()];
+            for (x, y) in self.0.chunks(V::LANES).zip(out.chunks_mut(V::LANES)) {
+                // SAFETY: the level's instructions (the trait's contract); `x.len()` values.
+                unsafe {
+                    let v = if x.len() == V::LANES {
+                        V::load(x.as_ptr())
+                    } else {
+                        V::load_first(x.as_ptr(), x.len())
+                    };
+                    v.exp().store_first(y.as_mut_ptr(), y.len());
+                }
+            }
+            out
+        }
+    }
+
+    /// Every vector operation `exp` uses, on every level this CPU has, against libm.
+    #[test]
+    fn exp_matches_libm_at_every_level() {
+        let x: Vec<f32> = (0..2001).map(|i| (i as f32 - 1000.0) / 11.0).collect();
+        for level in Level::supported() {
+            let got = dispatch(level, Exp(&x));
+            for (&x, &got) in x.iter().zip(&got) {
+                let want = x.clamp(-87.0, 88.0).exp();
+                assert!(
+                    (got - want).abs() <= 3e-7 * want,
+                    "{level}: exp({x}) = {got}, libm {want}"
+                );
+            }
+        }
+    }
+}
