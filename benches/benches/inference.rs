@@ -49,6 +49,7 @@ fn random(shape: &[usize]) -> Tensor {
 fn depthwise(c: &mut Criterion) {
     // The first group to run: the thread count is pinned as the services pin it.
     runtime::pin_compute_threads();
+    runtime::keep_large_allocations();
     let mut group = c.benchmark_group("depthwise_3x3");
     for (channels, side) in [(32, 112), (144, 56), (960, 7)] {
         let x = random(&[1, side, side, channels]);

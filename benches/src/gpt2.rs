@@ -31,6 +31,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     runtime::pin_compute_threads();
+    runtime::keep_large_allocations();
     let args = Args::parse();
     let (precision, engine) = if args.bf16 {
         (WeightPrecision::Bf16, "candle (ours) bf16")

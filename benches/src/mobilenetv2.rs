@@ -26,6 +26,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     runtime::pin_compute_threads();
+    runtime::keep_large_allocations();
     let args = Args::parse();
     let level = simd::Level::from_env()?;
     let config = ModelConfig::from_json(&std::fs::read_to_string(args.model.join("config.json"))?)?;

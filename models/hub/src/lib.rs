@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
@@ -38,6 +39,222 @@ pub enum HubError {
     },
     #[error("cannot read weights {path}: {reason}")]
     Weights { path: PathBuf, reason: String },
+}
+
+/// A safetensors file mapped into memory, for weights that are used where they lie: mapping a
+/// file the page cache holds costs a page-table update per (large) page, where reading it into
+/// fresh memory costs a copy, a zeroed page each 4 KiB, and on huge pages the kernel's
+/// compaction, which stalled some starts for hundreds of milliseconds.
+#[derive(Debug, Clone)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Arc<memmap2::Mmap>,
+    entries: Arc<BTreeMap<String, Entry>>,
+}
+
+/// Where a tensor lies in the file.
+#[derive(Debug, Clone)]
+struct Entry {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    /// Byte range in the whole file.
+    bytes: std::ops::Range<usize>,
+}
+
+/// A tensor's values as f32: in the mapped file when it stores them so (and aligned), else
+/// converted into memory of their own. Cheap to clone; derefs to the values.
+#[derive(Clone)]
+pub struct F32Values {
+    storage: F32Storage,
+    shape: Vec<usize>,
+}
+
+#[derive(Clone)]
+enum F32Storage {
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Arc<Vec<f32>>),
+}
+
+impl fmt::Debug for F32Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = match self.storage {
+            F32Storage::Mapped { .. } => "mapped",
+            F32Storage::Owned(_) => "owned",
+        };
+        f.debug_struct("F32Values")
+            .field("shape", &self.shape)
+            .field("storage", &place)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for F32Values {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &self.storage {
+            // SAFETY: `start` is 4-byte aligned and `start + 4 * len` lies in the map (checked
+            // when the values were made); the map is read-only and outlives this borrow.
+            F32Storage::Mapped { map, start, len } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().add(*start).cast::<f32>(), *len)
+            },
+            F32Storage::Owned(values) => values,
+        }
+    }
+}
+
+impl F32Values {
+    /// Values of their own, not in any file.
+    pub fn owned(values: Vec<f32>, shape: Vec<usize>) -> Self {
+        assert_eq!(
+            values.len(),
+            shape.iter().product::<usize>(),
+            "values do not fill {shape:?}"
+        );
+        Self {
+            storage: F32Storage::Owned(Arc::new(values)),
+            shape,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Whether the values are read from the mapped file in place.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.storage, F32Storage::Mapped { .. })
+    }
+
+    /// Tells the kernel that mapped values will not be read for a while (a copy of them took
+    /// their place): their pages leave the process's resident memory and stay in the page
+    /// cache, where a later read finds them again. Does nothing for values of their own.
+    pub fn release_pages(&self) {
+        if let F32Storage::Mapped { map, start, len } = &self.storage {
+            let begin = map.as_ptr() as usize + start;
+            let end = begin + len * 4;
+            let (first, last) = (begin.next_multiple_of(4096), end / 4096 * 4096);
+            if first < last {
+                // SAFETY: the range lies inside the read-only private map; MADV_DONTNEED on it
+                // only drops page-table entries, which the next read of a page refills from
+                // the file.
+                unsafe {
+                    libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED);
+                }
+            }
+        }
+    }
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self, HubError> {
+        let unreadable = |reason: String| HubError::Weights {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let handle = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+        // SAFETY: the map is read-only. A file truncated or rewritten in place by another
+        // process while mapped could fault; model files are not rewritten in place. (Mapping
+        // it populated holds the process's memory lock for the whole call, which stalled the
+        // tokenizer built meanwhile: pages are mapped as the warm-up reads them instead.)
+        let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| unreadable(e.to_string()))?;
+        let (header, metadata) =
+            safetensors::SafeTensors::read_metadata(&map).map_err(|e| unreadable(e.to_string()))?;
+        let data = 8 + header;
+        let entries = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let entry = Entry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    bytes: data + info.data_offsets.0..data + info.data_offsets.1,
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            entries: Arc::new(entries),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tensors' names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// A tensor's shape, if the file has it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|entry| entry.shape.as_slice())
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry, HubError> {
+        self.entries.get(name).ok_or_else(|| HubError::Weights {
+            path: self.path.clone(),
+            reason: format!("no tensor `{name}`"),
+        })
+    }
+
+    /// A tensor's values as f32, in place when the file stores them as aligned little-endian
+    /// f32 (GPT-2's and timm's files do), converted otherwise.
+    pub fn f32_values(&self, name: &str) -> Result<F32Values, HubError> {
+        let entry = self.entry(name)?;
+        let start = entry.bytes.start;
+        let aligned = (self.map.as_ptr() as usize + start).is_multiple_of(std::mem::align_of::<f32>());
+        if entry.dtype == safetensors::Dtype::F32 && aligned && cfg!(target_endian = "little") {
+            return Ok(F32Values {
+                storage: F32Storage::Mapped {
+                    map: self.map.clone(),
+                    start,
+                    len: (entry.bytes.end - start) / 4,
+                },
+                shape: entry.shape.clone(),
+            });
+        }
+        let values = self
+            .tensor(name)?
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .map_err(|e| HubError::Weights {
+                path: self.path.clone(),
+                reason: format!("`{name}`: {e}"),
+            })?;
+        Ok(F32Values::owned(values, entry.shape.clone()))
+    }
+
+    /// A tensor copied into a candle tensor of the file's type.
+    pub fn tensor(&self, name: &str) -> Result<Tensor, HubError> {
+        let entry = self.entry(name)?;
+        let failed = |e: candle_core::Error| HubError::Weights {
+            path: self.path.clone(),
+            reason: format!("`{name}`: {e}"),
+        };
+        let dtype = match entry.dtype {
+            safetensors::Dtype::F32 => candle_core::DType::F32,
+            safetensors::Dtype::F16 => candle_core::DType::F16,
+            safetensors::Dtype::BF16 => candle_core::DType::BF16,
+            safetensors::Dtype::F64 => candle_core::DType::F64,
+            other => {
+                return Err(HubError::Weights {
+                    path: self.path.clone(),
+                    reason: format!("`{name}` is {other:?}, not a floating-point type"),
+                })
+            }
+        };
+        Tensor::from_raw_buffer(&self.map[entry.bytes.clone()], dtype, &entry.shape, &Device::Cpu)
+            .map_err(failed)
+    }
 }
 
 /// Reads every tensor of a safetensors file onto the CPU, on all cores: the file is
@@ -115,27 +332,7 @@ fn f32_tensor(
     Tensor::from_vec(values, view.shape(), &Device::Cpu)
 }
 
-/// Asks the kernel to back `memory` with transparent huge pages (when it is over 2 MiB, one huge page). Model
-/// weights are streamed from memory once per token or image, and on 4 KiB pages every page is
-/// a TLB miss (GPT-2's bf16 weights, converted into 4 KiB pages, decoded 0-10% slower than on
-/// huge pages: within this machine's noise, but never faster); filling fresh 4 KiB pages also
-/// costs a page fault each. Advise before the first write: pages already touched stay small.
-pub fn advise_huge_pages<T>(memory: &mut [T]) {
-    let bytes = std::mem::size_of_val(memory);
-    let start = memory.as_mut_ptr() as usize;
-    let aligned = start.next_multiple_of(4096);
-    if bytes > 2 * 1024 * 1024 && aligned < start + bytes {
-        // SAFETY: the range lies inside `memory`; the advice only changes how the kernel
-        // backs it.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                start + bytes - aligned,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
-}
+pub use simd::advise_huge_pages;
 
 /// A `--model` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +463,53 @@ fn offline() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// f32 tensors are read where they lie, other types converted, absent ones named; dropping
+    /// resident pages changes nothing a read sees.
+    #[test]
+    fn a_mapped_file_answers_its_tensors() {
+        use safetensors::tensor::TensorView;
+
+        let dir = std::env::temp_dir().join(format!("hub-mapped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        let wide: Vec<f32> = (0..(1 << 20) + 3).map(|i| i as f32 * 0.5).collect();
+        let narrow: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let tensors = [
+            (
+                "big",
+                TensorView::new(
+                    safetensors::Dtype::F32,
+                    vec![wide.len()],
+                    bytemuck::cast_slice(&wide),
+                )
+                .unwrap(),
+            ),
+            (
+                "half",
+                TensorView::new(safetensors::Dtype::F16, vec![2], &narrow).unwrap(),
+            ),
+        ];
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+
+        let file = SafetensorsFile::open(&path).unwrap();
+        assert_eq!(file.names().collect::<Vec<_>>(), ["big", "half"]);
+        let big = file.f32_values("big").unwrap();
+        assert!(big.is_mapped());
+        assert_eq!(big.shape(), [wide.len()]);
+        assert_eq!(&big[..], &wide[..]);
+        big.release_pages();
+        assert_eq!(&big[..], &wide[..]);
+        let half = file.f32_values("half").unwrap();
+        assert!(!half.is_mapped());
+        assert_eq!(&half[..], [1.5, -2.0]);
+        let missing = file.f32_values("absent").unwrap_err().to_string();
+        assert!(missing.contains("no tensor `absent`"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parses_repo_ids_and_revisions() {

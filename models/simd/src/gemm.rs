@@ -21,6 +21,12 @@ use crate::{dispatch, F32x, Kernel, Level};
 /// Micro-tiles per parallel task's row chunk: its activations stay in L2 while every panel of
 /// the task passes over them.
 const TASK_TILES: usize = 12;
+/// Rows per task's chunk when the weights are packed as the product goes ([`RowMajor`]): each
+/// chunk packs every panel it multiplies, so chunks are as tall as the L2 cache allows (a
+/// chunk's activations are at most this many rows of the inputs).
+const ROW_MAJOR_CHUNK_ROWS: usize = 256;
+/// Weight rows ahead that packing a row-major panel prefetches.
+const PACK_AHEAD: usize = 16;
 /// Tasks wanted per product, so that two threads share even a 7x7 layer (two each: with
 /// eight, batch 8 ran slower, each thread splitting its own image's layers for nothing).
 const MIN_TASKS: usize = 4;
@@ -89,9 +95,13 @@ pub trait Weight: Copy + Send + Sync + Default + 'static {
     unsafe fn load<V: F32x>(p: *const Self) -> V;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
+    /// Whether the type is f32 itself (whose whole AVX-512 tiles have a kernel of their own).
+    const IS_F32: bool;
 }
 
 impl Weight for f32 {
+    const IS_F32: bool = true;
+
     #[inline(always)]
     unsafe fn load<V: F32x>(p: *const Self) -> V {
         // SAFETY: the caller's.
@@ -108,6 +118,8 @@ impl Weight for f32 {
 }
 
 impl Weight for bf16 {
+    const IS_F32: bool = false;
+
     #[inline(always)]
     unsafe fn load<V: F32x>(p: *const Self) -> V {
         // SAFETY: the caller's.
@@ -200,6 +212,46 @@ impl<W: Weight> Weights<W> {
         }
     }
 
+    /// Packs a row-major (inputs, outputs) matrix and its bias on the calling thread alone,
+    /// reading the matrix row after row, into memory backed by huge pages where the kernel
+    /// grants them: for a thread that packs in the background and must leave the compute pool
+    /// to the requests.
+    pub fn pack_here(level: Level, weight: &[f32], bias: &[f32], inputs: usize, outputs: usize) -> Self {
+        assert_eq!(weight.len(), inputs * outputs, "weight is not {inputs}x{outputs}");
+        assert_eq!(bias.len(), outputs, "bias is not {outputs} long");
+        let panel = panel_vectors(level.lanes()) * level.lanes();
+        let count = outputs.div_ceil(panel);
+        let len = count * inputs * panel;
+        let mut panels: Vec<W> = Vec::with_capacity(len);
+        crate::advise_huge_pages(panels.spare_capacity_mut());
+        let spare = &mut panels.spare_capacity_mut()[..len];
+        for (k, row) in weight.chunks_exact(outputs.max(1)).enumerate() {
+            for p in 0..count {
+                let first = p * panel;
+                let columns = panel.min(outputs - first);
+                let dst = &mut spare[(p * inputs + k) * panel..][..panel];
+                for (d, &value) in dst.iter_mut().zip(&row[first..first + columns]) {
+                    d.write(W::from_f32(value));
+                }
+                for d in &mut dst[columns..] {
+                    d.write(W::default());
+                }
+            }
+        }
+        // SAFETY: the loops above wrote every value of every panel (`inputs` rows each).
+        unsafe { panels.set_len(len) };
+        let mut padded = vec![0f32; count * panel];
+        padded[..outputs].copy_from_slice(bias);
+        Self {
+            level,
+            inputs,
+            outputs,
+            panel,
+            panels,
+            bias: padded,
+        }
+    }
+
     pub fn inputs(&self) -> usize {
         self.inputs
     }
@@ -217,10 +269,6 @@ impl<W: Weight> Weights<W> {
     pub fn get(&self, input: usize, output: usize) -> f32 {
         let (p, column) = (output / self.panel, output % self.panel);
         self.panels[(p * self.inputs + input) * self.panel + column].to_f32()
-    }
-
-    fn panel_count(&self) -> usize {
-        self.outputs.div_ceil(self.panel)
     }
 }
 
@@ -265,30 +313,108 @@ pub fn product_into<W: Weight>(
     residual: Option<&[f32]>,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let (k, n) = (w.inputs, w.outputs);
+    run_product(a, rows, Source::Packed(w), activation, residual, out);
+}
+
+/// A weight matrix (inputs, outputs) stored row-major where it lies (in a mapped file), and its
+/// bias: multiplied without being packed at load. Each task of a product packs the panels it
+/// multiplies into a buffer of its own first, which costs a copy per panel and task: worth it
+/// only for products of many rows, where the panel then serves every row tile of the task.
+#[derive(Debug, Clone, Copy)]
+pub struct RowMajor<'a, W> {
+    pub weight: &'a [W],
+    pub bias: &'a [f32],
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+/// `activation(a @ w + bias)` for `a` (rows, w.inputs) and weights used where they lie, into
+/// `out` (rows, w.outputs), at `level`. `w.outputs` must be a whole number of the level's
+/// vectors (the tiles then read whole vectors only).
+pub fn product_row_major_into<W: Weight>(
+    level: Level,
+    a: &[f32],
+    rows: usize,
+    w: RowMajor<'_, W>,
+    activation: Activation,
+    out: &mut [MaybeUninit<f32>],
+) {
+    assert_eq!(
+        w.weight.len(),
+        w.inputs * w.outputs,
+        "weight is not {}x{}",
+        w.inputs,
+        w.outputs
+    );
+    assert_eq!(w.bias.len(), w.outputs, "bias is not {} long", w.outputs);
+    assert!(
+        w.outputs.is_multiple_of(level.lanes()),
+        "{} outputs are not whole {level} vectors",
+        w.outputs
+    );
+    run_product(a, rows, Source::RowMajor(level, w), activation, None, out);
+}
+
+/// Where a product's panels come from.
+#[derive(Clone, Copy)]
+enum Source<'a, W: Weight> {
+    Packed(&'a Weights<W>),
+    RowMajor(Level, RowMajor<'a, W>),
+}
+
+impl<W: Weight> Source<'_, W> {
+    fn level(&self) -> Level {
+        match self {
+            Source::Packed(w) => w.level,
+            Source::RowMajor(level, _) => *level,
+        }
+    }
+
+    fn inputs_outputs(&self) -> (usize, usize) {
+        match self {
+            Source::Packed(w) => (w.inputs, w.outputs),
+            Source::RowMajor(_, w) => (w.inputs, w.outputs),
+        }
+    }
+}
+
+fn run_product<W: Weight>(
+    a: &[f32],
+    rows: usize,
+    source: Source<'_, W>,
+    activation: Activation,
+    residual: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (k, n) = source.inputs_outputs();
     assert_eq!(a.len(), rows * k, "activations are not {rows}x{k}");
     assert_eq!(out.len(), rows * n, "output is not {rows}x{n}");
     if let Some(residual) = residual {
         assert_eq!(residual.len(), rows * n, "residual is not {rows}x{n}");
     }
     let target = Output(out.as_mut_ptr().cast::<f32>());
+    let lanes = source.level().lanes();
     // Tasks are row chunks of whole tiles times groups of panels, each as even as the sizes
     // allow, numbered group-major so that rayon's first split hands each thread half of
     // every row chunk (a 7x7 layer has 49 rows: chunks of 28 and 21, not 48 and 1).
-    let tile = tile_rows(w.level.lanes());
+    let tile = tile_rows(lanes);
     let tiles = rows.div_ceil(tile);
-    let tiles_per_chunk = tiles.div_ceil(rows.div_ceil(TASK_TILES * tile).max(1)).max(1);
+    let chunk_rows = match source {
+        Source::Packed(_) => TASK_TILES * tile,
+        Source::RowMajor(..) => ROW_MAJOR_CHUNK_ROWS,
+    };
+    let tiles_per_chunk = tiles.div_ceil(rows.div_ceil(chunk_rows).max(1)).max(1);
     let row_chunks = tiles.div_ceil(tiles_per_chunk);
-    let panels = w.panel_count();
+    let panels = n.div_ceil(panel_vectors(lanes) * lanes);
     let panel_groups = MIN_TASKS.div_ceil(row_chunks.max(1)).clamp(1, panels.max(1));
     (0..row_chunks * panel_groups).into_par_iter().for_each(|task| {
         let (group, chunk) = (task / row_chunks, task % row_chunks);
         let first_row = chunk * tiles_per_chunk * tile;
         dispatch(
-            w.level,
+            source.level(),
             Task {
                 a,
-                w,
+                source,
                 activation,
                 residual,
                 rows: first_row..((tiles_per_chunk * tile) + first_row).min(rows),
@@ -302,7 +428,7 @@ pub fn product_into<W: Weight>(
 /// One task of a product: some rows times some panels.
 struct Task<'a, W: Weight> {
     a: &'a [f32],
-    w: &'a Weights<W>,
+    source: Source<'a, W>,
     activation: Activation,
     residual: Option<&'a [f32]>,
     rows: std::ops::Range<usize>,
@@ -317,39 +443,75 @@ impl<W: Weight> Kernel for Task<'_, W> {
     unsafe fn run<V: F32x>(self) {
         let Task {
             a,
-            w,
+            source,
             activation,
             residual,
             rows,
             panels,
             out,
         } = self;
-        let (k, n, panel) = (w.inputs, w.outputs, w.panel);
+        let (k, n) = source.inputs_outputs();
+        let panel = panel_vectors(V::LANES) * V::LANES;
         let tile = tile_rows(V::LANES);
-        debug_assert_eq!(
-            panel,
-            panel_vectors(V::LANES) * V::LANES,
-            "weights packed for another level"
-        );
-        for p in panels {
-            let columns = panel.min(n - p * panel);
-            for start in rows.clone().step_by(tile) {
+        // A row-major source's panel, packed for this task's row tiles.
+        let mut packed = match source {
+            Source::Packed(w) => {
+                debug_assert_eq!(w.panel, panel, "weights packed for another level");
+                Vec::new()
+            }
+            Source::RowMajor(..) => vec![W::default(); k * panel],
+        };
+        for p in panels.clone() {
+            let first = p * panel;
+            let columns = panel.min(n - first);
+            let (weights, bias) = match source {
+                Source::Packed(w) => (&w.panels[p * k * panel..][..k * panel], &w.bias[first..][..panel]),
+                Source::RowMajor(_, w) => {
+                    // Each row's piece of the panel lies in another page, beyond the hardware
+                    // prefetchers' reach: rows `PACK_AHEAD` on are asked for in software.
+                    for (kk, dst) in packed.chunks_exact_mut(panel).enumerate() {
+                        let ahead = w.weight.as_ptr().wrapping_add((kk + PACK_AHEAD) * n + first);
+                        for line in (0..columns * size_of::<W>()).step_by(64) {
+                            crate::prefetch(ahead.cast::<u8>().wrapping_add(line));
+                        }
+                        dst[..columns].copy_from_slice(&w.weight[kk * n + first..][..columns]);
+                    }
+                    (&packed[..], &w.bias[first..first + columns])
+                }
+            };
+            // The next panel of a packed source, a line per step over the first tiles.
+            let next = match source {
+                Source::Packed(w) if p + 1 < panels.end => {
+                    w.panels[(p + 1) * k * panel..].as_ptr().cast::<u8>()
+                }
+                _ => std::ptr::null(),
+            };
+            let panel_lines = k * panel * size_of::<W>() / 64;
+            for (t, start) in rows.clone().step_by(tile).enumerate() {
+                let fetching = !next.is_null() && t * k < panel_lines;
                 let tile = Tile {
                     a: a[start * k..].as_ptr(),
                     k,
                     rows: tile.min(rows.end - start),
-                    panel: w.panels[p * k * panel..][..k * panel].as_ptr(),
-                    bias: w.bias[p * panel..][..panel].as_ptr(),
+                    panel: weights.as_ptr(),
+                    bias: bias.as_ptr(),
                     columns,
                     activation,
-                    residual: residual.map(|r| r[start * n + p * panel..].as_ptr()),
+                    residual: residual.map(|r| r[start * n + first..].as_ptr()),
                     n,
+                    prefetch: if fetching {
+                        next.wrapping_add(t * k * 64)
+                    } else {
+                        weights.as_ptr().cast()
+                    },
+                    prefetch_step: if fetching { 64 } else { 0 },
                 };
                 // SAFETY: the level's instructions (the trait's contract); this tile is rows
-                // `start..start + tile.rows`, columns `p * panel..+columns` of a rows x n
+                // `start..start + tile.rows`, columns `first..first + columns` of a rows x n
                 // output, which no other task writes; its reads lie in `a`, the panel, the
-                // bias and the residual (sliced above).
-                unsafe { tile.compute::<V>(out.0.add(start * n + p * panel)) };
+                // bias (whole vectors: a packed bias is padded to the panel, a row-major one
+                // has whole vectors of columns) and the residual (sliced above).
+                unsafe { tile.compute::<V>(out.0.add(start * n + first)) };
             }
         }
     }
@@ -363,7 +525,7 @@ struct Tile<W> {
     rows: usize,
     /// The panel's first weight; its `k` rows are a panel apart.
     panel: *const W,
-    /// The panel's bias, a panel's values.
+    /// The panel's bias: whole vectors for the panel's columns.
     bias: *const f32,
     /// Valid columns of the panel (all but in the last panel).
     columns: usize,
@@ -371,6 +533,12 @@ struct Tile<W> {
     /// The residual at the tile's first row and column; rows are `n` apart.
     residual: Option<*const f32>,
     n: usize,
+    /// A stretch of the task's next panel that the tile asks the caches for as it goes, one
+    /// cache line per step (`prefetch_step` 64 bytes; 0 where the tile has none to fetch):
+    /// a packed panel comes from memory once per task, and fetched ahead it arrives while the
+    /// current panel computes instead of stalling the next one's first tile.
+    prefetch: *const u8,
+    prefetch_step: usize,
 }
 
 impl<W: Weight> Tile<W> {
@@ -397,6 +565,13 @@ impl<W: Weight> Tile<W> {
             };
         }
         debug_assert!(self.rows >= 1 && self.rows <= tile_rows(V::LANES));
+        #[cfg(target_arch = "x86_64")]
+        if V::LANES == 16 && W::IS_F32 && self.rows == 8 && self.columns == 48 && self.k > 0 {
+            // SAFETY: sixteen lanes are AVX-512's (the only such level), so the CPU has it;
+            // `W` is f32; the rest is the caller's.
+            unsafe { whole_tile::avx512_8x48(self.cast_f32(), out) };
+            return;
+        }
         // SAFETY: forwarded from the caller.
         unsafe {
             if self.columns > 2 * V::LANES {
@@ -422,6 +597,7 @@ impl<W: Weight> Tile<W> {
             }
             let mut w = self.panel;
             for k in 0..self.k {
+                crate::prefetch(self.prefetch.wrapping_add(k * self.prefetch_step));
                 let mut wv = [V::zero(); NV];
                 for (v, wv) in wv.iter_mut().enumerate() {
                     *wv = W::load::<V>(w.add(v * V::LANES));
@@ -431,7 +607,6 @@ impl<W: Weight> Tile<W> {
                     for v in 0..NV {
                         row[v] = x.mul_add(wv[v], row[v]);
                     }
-                    std::arch::asm!("", options(nomem, nostack, preserves_flags));
                 }
                 w = w.add(panel_vectors(V::LANES) * V::LANES);
             }
@@ -444,6 +619,145 @@ impl<W: Weight> Tile<W> {
                         value = value.add(V::load_part(residual.add(at), columns));
                     }
                     value.store_part(out.add(at), columns);
+                }
+            }
+        }
+    }
+}
+
+impl<W: Weight> Tile<W> {
+    /// The same tile with its weights typed as f32 (for `W` = f32 only).
+    #[cfg(target_arch = "x86_64")]
+    fn cast_f32(&self) -> Tile<f32> {
+        debug_assert!(W::IS_F32);
+        Tile {
+            a: self.a,
+            k: self.k,
+            rows: self.rows,
+            panel: self.panel.cast(),
+            bias: self.bias,
+            columns: self.columns,
+            activation: self.activation,
+            residual: self.residual,
+            n: self.n,
+            prefetch: self.prefetch,
+            prefetch_step: self.prefetch_step,
+        }
+    }
+}
+
+/// The whole AVX-512 tile, 8 rows by one 48-column panel of f32, which nearly every tile of a
+/// large product is, with its step written out in assembly: compiled from the generic tile,
+/// the eight rows' activation addresses took integer instructions on the ports the
+/// multiply-adds use, and the tile ran at about 60% of the multiply-add rate. Here the rows
+/// are addressed from two pointers and a stride, so a step is three weight loads, eight
+/// broadcasts and 24 multiply-adds, and the loop costs four integer instructions.
+#[cfg(target_arch = "x86_64")]
+mod whole_tile {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    use super::Tile;
+    use crate::gemm::Activation;
+
+    /// # Safety
+    /// The CPU must have AVX-512 F; `tile` must be 8 rows by 48 valid columns with `k > 0`,
+    /// its pointers covering the reads and `out` its writes (rows `tile.n` apart).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    pub unsafe fn avx512_8x48(tile: Tile<f32>, out: *mut f32) {
+        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
+        // `k` activations and `k` rows of 48 weights, and writes only the named registers.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 24];
+            for v in 0..3 {
+                let bias = _mm512_loadu_ps(tile.bias.add(16 * v));
+                for r in 0..8 {
+                    acc[3 * r + v] = bias;
+                }
+            }
+            let lda = tile.k * 4;
+            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15, mut a16, mut a17, mut a18, mut a19, mut a20, mut a21, mut a22, mut a23] =
+                acc;
+            asm!(
+                "2:",
+                "prefetcht0 [{pf}]",
+                "add {pf}, {pfs}",
+                "vmovups zmm24, [{w}]",
+                "vmovups zmm25, [{w} + 64]",
+                "vmovups zmm26, [{w} + 128]",
+                "vbroadcastss zmm27, dword ptr [{a}]",
+                "vfmadd231ps {a0}, zmm24, zmm27",
+                "vfmadd231ps {a1}, zmm25, zmm27",
+                "vfmadd231ps {a2}, zmm26, zmm27",
+                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
+                "vfmadd231ps {a3}, zmm24, zmm28",
+                "vfmadd231ps {a4}, zmm25, zmm28",
+                "vfmadd231ps {a5}, zmm26, zmm28",
+                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
+                "vfmadd231ps {a6}, zmm24, zmm29",
+                "vfmadd231ps {a7}, zmm25, zmm29",
+                "vfmadd231ps {a8}, zmm26, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
+                "vfmadd231ps {a9}, zmm24, zmm30",
+                "vfmadd231ps {a10}, zmm25, zmm30",
+                "vfmadd231ps {a11}, zmm26, zmm30",
+                "vbroadcastss zmm31, dword ptr [{b}]",
+                "vfmadd231ps {a12}, zmm24, zmm31",
+                "vfmadd231ps {a13}, zmm25, zmm31",
+                "vfmadd231ps {a14}, zmm26, zmm31",
+                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
+                "vfmadd231ps {a15}, zmm24, zmm27",
+                "vfmadd231ps {a16}, zmm25, zmm27",
+                "vfmadd231ps {a17}, zmm26, zmm27",
+                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
+                "vfmadd231ps {a18}, zmm24, zmm28",
+                "vfmadd231ps {a19}, zmm25, zmm28",
+                "vfmadd231ps {a20}, zmm26, zmm28",
+                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
+                "vfmadd231ps {a21}, zmm24, zmm29",
+                "vfmadd231ps {a22}, zmm25, zmm29",
+                "vfmadd231ps {a23}, zmm26, zmm29",
+                "add {a}, 4",
+                "add {b}, 4",
+                "add {w}, 192",
+                "dec {k}",
+                "jnz 2b",
+                a = inout(reg) tile.a => _,
+                b = inout(reg) tile.a.add(4 * tile.k) => _,
+                lda = in(reg) lda,
+                lda3 = in(reg) 3 * lda,
+                w = inout(reg) tile.panel => _,
+                k = inout(reg) tile.k => _,
+                pf = inout(reg) tile.prefetch => _,
+                pfs = in(reg) tile.prefetch_step,
+                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
+                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
+                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
+                a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
+                a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
+                a15 = inout(zmm_reg) a15, a16 = inout(zmm_reg) a16, a17 = inout(zmm_reg) a17,
+                a18 = inout(zmm_reg) a18, a19 = inout(zmm_reg) a19, a20 = inout(zmm_reg) a20,
+                a21 = inout(zmm_reg) a21, a22 = inout(zmm_reg) a22, a23 = inout(zmm_reg) a23,
+                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack, readonly),
+            );
+            let acc = [
+                a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
+                a20, a21, a22, a23,
+            ];
+            let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+            for r in 0..8 {
+                for v in 0..3 {
+                    let mut value = acc[3 * r + v];
+                    if tile.activation == Activation::Relu6 {
+                        value = _mm512_min_ps(_mm512_max_ps(value, zero), six);
+                    }
+                    let at = r * tile.n + 16 * v;
+                    if let Some(residual) = tile.residual {
+                        value = _mm512_add_ps(value, _mm512_loadu_ps(residual.add(at)));
+                    }
+                    _mm512_storeu_ps(out.add(at), value);
                 }
             }
         }
@@ -486,6 +800,8 @@ mod tests {
                 let from_transposed = Weights::<f32>::pack_transposed(level, &transposed, &bias, k, n);
                 assert_eq!(packed.panels, from_transposed.panels, "{level} {rows}x{k}x{n}");
                 let narrow = Weights::<bf16>::pack(level, &w, &bias, k, n);
+                let here = Weights::<f32>::pack_here(level, &w, &bias, k, n);
+                assert_eq!(packed.panels, here.panels, "{level} {rows}x{k}x{n}");
                 for (activation, with_residual) in [(Activation::Relu6, false), (Activation::Identity, true)]
                 {
                     let residual = with_residual.then_some(&residual[..]);
@@ -514,6 +830,42 @@ mod tests {
                         &|j, c| narrow.get(j, c),
                         "bf16",
                     );
+                }
+            }
+        }
+    }
+
+    /// Weights read where they lie, at every level, for row counts below, at and past a task's
+    /// chunk and outputs of one and several panels: the plain loop's values.
+    #[test]
+    fn row_major_products_match_a_plain_loop_at_every_level() {
+        for level in Level::supported() {
+            for (i, &(rows, k, n)) in [(1, 5, 16), (9, 37, 48), (40, 64, 96), (200, 20, 32), (17, 8, 112)]
+                .iter()
+                .enumerate()
+            {
+                let a = values(rows * k, 400 + i as u64);
+                let w = values(k * n, 500 + i as u64);
+                let bias = values(n, 600 + i as u64);
+                let mut got = vec![MaybeUninit::uninit(); rows * n];
+                let matrix = RowMajor {
+                    weight: &w[..],
+                    bias: &bias,
+                    inputs: k,
+                    outputs: n,
+                };
+                product_row_major_into(level, &a, rows, matrix, Activation::Relu6, &mut got);
+                for r in 0..rows {
+                    for c in 0..n {
+                        // SAFETY: the product wrote every value.
+                        let got = unsafe { got[r * n + c].assume_init() };
+                        let sum: f32 = (0..k).map(|j| a[r * k + j] * w[j * n + c]).sum::<f32>() + bias[c];
+                        let want = Activation::Relu6.apply(sum);
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{level} {rows}x{k}x{n} row {r} column {c}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -7,16 +7,16 @@
 //! The model holds no per-request state: each generation owns a [`KvCache`], so any number of
 //! requests can run against one loaded model.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use half::bf16;
+use candle_core::{DType, Tensor};
+use hub::F32Values;
 use serde::Deserialize;
 use simd::Level;
 
 use crate::activation::Gelu;
 use crate::attention::{attend_alone, attend_cached, Heads, KvCache, SequenceRows};
+use crate::dense::{Dense, TokenTable};
 use crate::TextError;
 
 /// How the dense weights are held in memory. Decoding reads every dense weight once per step,
@@ -27,15 +27,6 @@ pub enum WeightPrecision {
     #[default]
     F32,
     Bf16,
-}
-
-impl WeightPrecision {
-    fn dtype(self) -> DType {
-        match self {
-            Self::F32 => DType::F32,
-            Self::Bf16 => DType::BF16,
-        }
-    }
 }
 
 /// The fields of GPT-2's `config.json` the network needs.
@@ -75,36 +66,6 @@ impl Gpt2Config {
 }
 
 #[derive(Debug)]
-struct Linear {
-    weight: DenseWeight,
-    bias: Tensor,
-}
-
-/// A dense layer's weight, in the layout its decode-step product streams fastest on this
-/// kind of machine (measured: one layout is not best for both types).
-#[derive(Debug)]
-enum DenseWeight {
-    /// f32 (in, out), as Hugging Face's `Conv1D` stores it: each thread streams a block of
-    /// input rows into its own partial sums ([`crate::matvec::linear`]).
-    InputsByOutputs(Tensor),
-    /// bf16 transposed to (out, in): one dot product per output row
-    /// ([`crate::matvec::matmul_transposed`]), which read bf16 weights 20-35% faster than the
-    /// input split in a decode step (its sums cost more per weight byte at half the bytes).
-    OutputsByInputs(Tensor),
-}
-
-impl Linear {
-    fn forward(&self, level: Level, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.weight {
-            DenseWeight::InputsByOutputs(w) => crate::matvec::linear(level, x, w, &self.bias),
-            DenseWeight::OutputsByInputs(w) => {
-                crate::matvec::matmul_transposed(level, x, w)?.broadcast_add(&self.bias)
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -121,11 +82,11 @@ impl LayerNorm {
 struct Block {
     gelu: Gelu,
     ln_1: LayerNorm,
-    c_attn: Linear,
-    attn_proj: Linear,
+    c_attn: Dense,
+    attn_proj: Dense,
     ln_2: LayerNorm,
-    c_fc: Linear,
-    mlp_proj: Linear,
+    c_fc: Dense,
+    mlp_proj: Dense,
 }
 
 impl Block {
@@ -142,8 +103,9 @@ impl Block {
 pub struct Gpt2 {
     config: Gpt2Config,
     level: Level,
-    wte: Tensor,
-    wpe: Tensor,
+    /// The token embedding, also the LM head.
+    wte: TokenTable,
+    wpe: TokenTable,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
 }
@@ -161,79 +123,59 @@ impl Gpt2 {
         let text = std::fs::read_to_string(config_path)
             .map_err(|e| TextError::Config(format!("cannot read {}: {e}", config_path.display())))?;
         let config = Gpt2Config::from_json(&text)?;
-        let tensors = hub::load_safetensors(weights_path).map_err(|e| TextError::Weights(e.to_string()))?;
-        Self::from_tensors(config, tensors, precision, level)
+        let file = hub::SafetensorsFile::open(weights_path).map_err(|e| TextError::Weights(e.to_string()))?;
+        Self::from_file(config, &file, precision, level)
     }
 
-    /// Builds the model from its named tensors (as in `model.safetensors`).
-    pub fn from_tensors(
+    /// Builds the model from a mapped `model.safetensors`: f32 dense weights and embeddings are
+    /// used where they lie in it, bf16 ones converted.
+    pub fn from_file(
         config: Gpt2Config,
-        mut tensors: BTreeMap<String, Tensor>,
+        file: &hub::SafetensorsFile,
         precision: WeightPrecision,
         level: Level,
     ) -> Result<Self, TextError> {
-        let mut take = |name: &str, shape: &[usize], dtype: DType| -> Result<Tensor, TextError> {
-            let tensor = tensors
-                .remove(name)
-                .or_else(|| tensors.remove(&format!("transformer.{name}")))
-                .ok_or_else(|| TextError::Weights(format!("missing tensor `{name}`")))?;
-            let tensor = match dtype {
-                DType::BF16 => bf16_on_huge_pages(&tensor, false)?,
-                _ => tensor.to_dtype(dtype)?,
-            };
-            if tensor.dims() != shape {
-                return Err(TextError::Weights(format!(
-                    "`{name}` has shape {:?}, expected {shape:?}",
-                    tensor.dims()
-                )));
-            }
-            Ok(tensor)
-        };
-        let dense = precision.dtype();
+        let weights = WeightsOf { file };
         let d = config.n_embd;
         let eps = config.layer_norm_epsilon;
         let gelu = Gelu::from_config(&config.activation_function)?;
-        let wte = take("wte.weight", &[config.vocab_size, d], dense)?;
-        let wpe = take("wpe.weight", &[config.n_positions, d], DType::F32)?;
+        let wte = weights.values("wte.weight", &[config.vocab_size, d])?;
+        let wte = match precision {
+            WeightPrecision::F32 => TokenTable::f32(wte),
+            WeightPrecision::Bf16 => TokenTable::bf16(&wte, config.vocab_size, d),
+        };
+        let wpe = TokenTable::f32(weights.values("wpe.weight", &[config.n_positions, d])?);
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let p = format!("h.{i}");
-            let mut linear = |name: &str, inputs: usize, outputs: usize| -> Result<Linear, TextError> {
-                let weight = take(&format!("{p}.{name}.weight"), &[inputs, outputs], DType::F32)?;
-                Ok(Linear {
-                    weight: match precision {
-                        WeightPrecision::F32 => DenseWeight::InputsByOutputs(weight),
-                        WeightPrecision::Bf16 => {
-                            DenseWeight::OutputsByInputs(bf16_on_huge_pages(&weight, true)?)
-                        }
-                    },
-                    bias: take(&format!("{p}.{name}.bias"), &[outputs], DType::F32)?,
+            let linear = |name: &str, inputs: usize, outputs: usize| -> Result<Dense, TextError> {
+                let weight = weights.values(&format!("{p}.{name}.weight"), &[inputs, outputs])?;
+                let bias = weights.values(&format!("{p}.{name}.bias"), &[outputs])?.to_vec();
+                Ok(match precision {
+                    WeightPrecision::F32 => Dense::f32(weight, bias),
+                    WeightPrecision::Bf16 => Dense::bf16(level, &weight, bias, inputs, outputs),
                 })
             };
-            let c_attn = linear("attn.c_attn", d, 3 * d)?;
-            let attn_proj = linear("attn.c_proj", d, d)?;
-            let c_fc = linear("mlp.c_fc", d, 4 * d)?;
-            let mlp_proj = linear("mlp.c_proj", 4 * d, d)?;
-            let mut norm = |name: &str| -> Result<LayerNorm, TextError> {
+            let norm = |name: &str| -> Result<LayerNorm, TextError> {
                 Ok(LayerNorm {
-                    weight: take(&format!("{p}.{name}.weight"), &[d], DType::F32)?,
-                    bias: take(&format!("{p}.{name}.bias"), &[d], DType::F32)?,
+                    weight: weights.tensor(&format!("{p}.{name}.weight"), &[d])?,
+                    bias: weights.tensor(&format!("{p}.{name}.bias"), &[d])?,
                     eps,
                 })
             };
             blocks.push(Block {
                 gelu,
                 ln_1: norm("ln_1")?,
-                c_attn,
-                attn_proj,
+                c_attn: linear("attn.c_attn", d, 3 * d)?,
+                attn_proj: linear("attn.c_proj", d, d)?,
                 ln_2: norm("ln_2")?,
-                c_fc,
-                mlp_proj,
+                c_fc: linear("mlp.c_fc", d, 4 * d)?,
+                mlp_proj: linear("mlp.c_proj", 4 * d, d)?,
             });
         }
         let ln_f = LayerNorm {
-            weight: take("ln_f.weight", &[d], DType::F32)?,
-            bias: take("ln_f.bias", &[d], DType::F32)?,
+            weight: weights.tensor("ln_f.weight", &[d])?,
+            bias: weights.tensor("ln_f.bias", &[d])?,
             eps,
         };
         Ok(Self {
@@ -253,6 +195,20 @@ impl Gpt2 {
     /// The level of vector instructions the kernels run at.
     pub fn level(&self) -> Level {
         self.level
+    }
+
+    /// Moves the f32 weights used where they lie in the mapped file into memory of their own,
+    /// laid out for the kernels and backed by huge pages, on the calling thread, layer after
+    /// layer; the model answers throughout, each layer faster once moved. A service calls it
+    /// from a background thread once it is up, so that the move costs the cold start nothing
+    /// (bf16 weights are laid out at load already).
+    pub fn pack_weights(&self) {
+        for block in &self.blocks {
+            for dense in [&block.c_attn, &block.attn_proj, &block.c_fc, &block.mlp_proj] {
+                dense.pack(self.level);
+            }
+        }
+        self.wte.copy_to_huge_pages();
     }
 
     /// Runs `tokens` after those already in `cache`, extending it; answers the final hidden
@@ -392,19 +348,14 @@ impl Gpt2 {
 
     /// Token plus position embeddings.
     fn embed(&self, tokens: &[u32], positions: &[u32]) -> candle_core::Result<Tensor> {
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let positions = Tensor::new(positions, &Device::Cpu)?;
-        self.wte
-            .index_select(&ids, 0)?
-            .to_dtype(DType::F32)?
-            .add(&self.wpe.index_select(&positions, 0)?)
+        self.wte.rows(tokens)?.add(&self.wpe.rows(positions)?)
     }
 
     /// (rows, vocab) next-token logits of final hidden states (the head tied to the token
     /// embedding). Kept apart from [`Gpt2::forward`] so that a prefill pays for the head only on
     /// the positions whose logits it needs (one vocabulary-wide product per row).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, TextError> {
-        on_compute_pool(|| Ok(crate::matvec::matmul_transposed(self.level, hidden, &self.wte)?))
+        on_compute_pool(|| Ok(self.wte.logits(self.level, hidden)?))
     }
 
     /// The logits of some rows of final hidden states, one list per row, in the order asked.
@@ -424,49 +375,47 @@ fn on_compute_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
 
-/// `tensor` in bf16 (rounded to nearest, as candle's conversion), transposed if it is a matrix
-/// and `transpose` is set, in memory backed by huge pages like the f32 weights the loader
-/// reads: a decode step streams every weight once.
-fn bf16_on_huge_pages(tensor: &Tensor, transpose: bool) -> candle_core::Result<Tensor> {
-    use rayon::prelude::*;
+/// Named weights of a GPT-2 file, with or without Hugging Face's `transformer.` prefix, checked
+/// against the shapes the config implies.
+struct WeightsOf<'a> {
+    file: &'a hub::SafetensorsFile,
+}
 
-    /// Values per parallel task of a straight conversion.
-    const SLICE: usize = 1 << 16;
-    /// Destination rows per parallel task of a transpose: the task reads 64 consecutive
-    /// values of each source row and keeps its 64 destination rows in the L2 cache.
-    const BLOCK: usize = 64;
-    let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let mut narrowed: Vec<bf16> = Vec::with_capacity(values.len());
-    hub::advise_huge_pages(narrowed.spare_capacity_mut());
-    let spare = &mut narrowed.spare_capacity_mut()[..values.len()];
-    let dims = match *tensor.dims() {
-        [rows, columns] if transpose && rows > 0 => {
-            spare
-                .par_chunks_mut(BLOCK * rows)
-                .enumerate()
-                .for_each(|(block, dst)| {
-                    let first = block * BLOCK;
-                    for (r, source) in values.chunks_exact(columns).enumerate() {
-                        for (c, &v) in source[first..first + dst.len() / rows].iter().enumerate() {
-                            dst[c * rows + r].write(bf16::from_f32(v));
-                        }
-                    }
-                });
-            vec![columns, rows]
+impl WeightsOf<'_> {
+    fn name(&self, name: &str) -> Result<String, TextError> {
+        let prefixed = format!("transformer.{name}");
+        [name.to_string(), prefixed]
+            .into_iter()
+            .find(|candidate| self.file.shape(candidate).is_some())
+            .ok_or_else(|| TextError::Weights(format!("missing tensor `{name}`")))
+    }
+
+    fn check(&self, name: &str, shape: &[usize]) -> Result<String, TextError> {
+        let found = self.name(name)?;
+        let actual = self.file.shape(&found).unwrap_or_default();
+        if actual != shape {
+            return Err(TextError::Weights(format!(
+                "`{name}` has shape {actual:?}, expected {shape:?}"
+            )));
         }
-        _ => {
-            spare
-                .par_chunks_mut(SLICE)
-                .zip(values.par_chunks(SLICE))
-                .for_each(|(dst, src)| {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        d.write(bf16::from_f32(v));
-                    }
-                });
-            tensor.dims().to_vec()
-        }
-    };
-    // SAFETY: the loop above wrote each of the first `values.len()` elements.
-    unsafe { narrowed.set_len(values.len()) };
-    Tensor::from_vec(narrowed, dims, tensor.device())
+        Ok(found)
+    }
+
+    /// The values as f32, in place where the file allows.
+    fn values(&self, name: &str, shape: &[usize]) -> Result<F32Values, TextError> {
+        let found = self.check(name, shape)?;
+        self.file
+            .f32_values(&found)
+            .map_err(|e| TextError::Weights(e.to_string()))
+    }
+
+    /// A small f32 tensor of its own (norms).
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, TextError> {
+        let found = self.check(name, shape)?;
+        let tensor = self
+            .file
+            .tensor(&found)
+            .map_err(|e| TextError::Weights(e.to_string()))?;
+        Ok(tensor.to_dtype(DType::F32)?)
+    }
 }

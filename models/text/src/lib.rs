@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+mod dense;
 pub mod embedding;
 pub mod generate;
 pub mod gpt2;

@@ -6,23 +6,16 @@
 //! A general GEMM packs the whole weight matrix for each call, which for one row costs more than
 //! the product itself. Splitting the work by output column is no better: each thread then reads
 //! a short piece of every weight row and the hardware prefetchers lose the stream (11 GB/s here
-//! against the 21 GB/s this machine reads). So [`linear`] splits the *inputs* between threads:
+//! against the 21 GB/s this machine reads). So [`rows_times_matrix`] splits the *inputs* between threads:
 //! each reads its own block of the matrix (for one row, four far-apart streams of it) into its
-//! own partial sums, added at the end.
+//! own partial sums, added at the end. Products of many rows go through [`simd::gemm`].
 
 use std::ops::Range;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use simd::dot::dots;
 use simd::gemm::Weight;
 use simd::{dispatch, F32x, Kernel, Level};
-
-/// Rows at or below which these products run; above it candle's GEMM, which packs both
-/// matrices, wins (twelve layers' products: 32 rows 1.8x faster here, 64 rows 1.2x, 128 rows
-/// 0.6x; prefill of a 32-token prompt 279 -> 178 ms).
-pub const SMALL_ROWS: usize = 64;
 
 /// Weight rows per chunk of the several-row product: a thread's sums for a tile of columns
 /// stay in registers across the chunk, and its prefetches run one chunk ahead (sixteen and
@@ -35,7 +28,7 @@ const INPUT_CHUNK: usize = 8;
 /// LM head 20% faster than one row at a time; eight streams were slower than four).
 const STREAMS: usize = 4;
 
-/// Parallel tasks per thread of [`matmul_transposed`]: equal blocks of rows, a few per thread
+/// Parallel tasks per thread of [`rows_times_transposed`]: equal blocks of rows, a few per thread
 /// so that a thread slowed by the machine can hand some on. Fixed blocks of 512 rows split
 /// a 768-row matrix 512:256 between two threads (bf16 layers ran 12% slower that way).
 const TASKS_PER_THREAD: usize = 4;
@@ -234,67 +227,10 @@ mod kernels {
     }
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: must be contiguous"),
-    }
-}
-
-fn activations<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("matvec: activations must be f32")
-    };
-    contiguous(data, layout, "activations")
-}
-
-/// `x` (rows, in) @ `w` (in, out) + `bias` (out), `w` row-major f32 or bf16. The bias is
-/// added where the threads' partial sums are, which saves a pass (and an allocation) per layer.
-struct RowsTimesMatrixPlusBias {
-    level: Level,
-}
-
-impl CustomOp3 for RowsTimesMatrixPlusBias {
-    fn name(&self) -> &'static str {
-        "rows-times-matrix-plus-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, inputs) = xl.shape().dims2()?;
-        let (w_in, outputs) = wl.shape().dims2()?;
-        if w_in != inputs || bl.dims() != [outputs] {
-            candle_core::bail!(
-                "rows-times-matrix-plus-bias: {:?} @ {:?} + {:?}",
-                xl.dims(),
-                wl.dims(),
-                bl.dims()
-            )
-        }
-        let x = activations(xs, xl)?;
-        let bias = activations(bs, bl)?;
-        let level = self.level;
-        let y = match ws {
-            CpuStorage::F32(w) => {
-                rows_times_matrix(level, x, contiguous(w, wl, "weight")?, bias, rows, inputs)
-            }
-            CpuStorage::BF16(w) => {
-                rows_times_matrix(level, x, contiguous(w, wl, "weight")?, bias, rows, inputs)
-            }
-            other => candle_core::bail!("rows-times-matrix-plus-bias: {:?} weights", other.dtype()),
-        };
-        Ok((CpuStorage::F32(y), Shape::from((rows, outputs))))
-    }
-}
-
-fn rows_times_matrix<W: Weight>(
+/// `x` (rows, inputs) @ `w` (inputs, outputs) + `bias`, `w` row-major f32 or bf16: each
+/// thread sums its own block of input rows, the bias added where the partial sums are (which
+/// saves a pass and an allocation per layer).
+pub(crate) fn rows_times_matrix<W: Weight>(
     level: Level,
     x: &[f32],
     w: &[W],
@@ -392,44 +328,8 @@ unsafe fn one_row<V: F32x, W: Weight>(x: &[f32], w: &[W], sum: &mut [f32]) {
 }
 
 /// `x` (rows, d) @ `e`^T for `e` (vocab, d) row-major f32 or bf16: one dot product per
-/// vocabulary row.
-struct RowsTimesTransposed {
-    level: Level,
-}
-
-impl CustomOp2 for RowsTimesTransposed {
-    fn name(&self) -> &'static str {
-        "rows-times-transposed"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        es: &CpuStorage,
-        el: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, d) = xl.shape().dims2()?;
-        let (vocab, e_d) = el.shape().dims2()?;
-        if e_d != d {
-            candle_core::bail!("rows-times-transposed: {:?} @ {:?}^T", xl.dims(), el.dims())
-        }
-        let x = activations(xs, xl)?;
-        let level = self.level;
-        let y = match es {
-            CpuStorage::F32(e) => {
-                rows_times_transposed(level, x, contiguous(e, el, "embedding")?, rows, d, vocab)
-            }
-            CpuStorage::BF16(e) => {
-                rows_times_transposed(level, x, contiguous(e, el, "embedding")?, rows, d, vocab)
-            }
-            other => candle_core::bail!("rows-times-transposed: {:?} weights", other.dtype()),
-        };
-        Ok((CpuStorage::F32(y), Shape::from((rows, vocab))))
-    }
-}
-
-fn rows_times_transposed<W: Weight>(
+/// vocabulary row, blocks of rows in parallel.
+pub(crate) fn rows_times_transposed<W: Weight>(
     level: Level,
     x: &[f32],
     e: &[W],
@@ -513,30 +413,9 @@ impl<W: Weight> Kernel for TransposedBlock<'_, W> {
     }
 }
 
-/// `x` (rows, in) @ `w` (in, out) + `bias` (out); `x` and `bias` f32, `w` f32 or bf16, the
-/// answer f32.
-pub fn linear(level: Level, x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    if x.dim(0)? <= SMALL_ROWS {
-        x.contiguous()?
-            .apply_op3_no_bwd(w, bias, &RowsTimesMatrixPlusBias { level })
-    } else {
-        x.matmul(&w.to_dtype(DType::F32)?)?.broadcast_add(bias)
-    }
-}
-
-/// `x` (rows, d) @ `e`^T for `e` (vocab, d), without transposing `e`; `e` f32 or bf16.
-pub fn matmul_transposed(level: Level, x: &Tensor, e: &Tensor) -> candle_core::Result<Tensor> {
-    if x.dim(0)? <= SMALL_ROWS {
-        x.contiguous()?
-            .apply_op2_no_bwd(e, &RowsTimesTransposed { level })
-    } else {
-        x.matmul(&e.to_dtype(DType::F32)?.t()?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor};
+    use half::bf16;
 
     use super::*;
 
@@ -548,54 +427,56 @@ mod tests {
             .collect()
     }
 
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "{what}: {diff}");
     }
 
-    /// Every row count up to and past [`SMALL_ROWS`], input widths that are and are not a
-    /// multiple of the row group, f32 and bf16 weights, every level this CPU has: equal to
-    /// candle's product of the same (widened) weights.
+    /// Row counts from one to many, input widths that are and are not a multiple of the row
+    /// group, f32 and bf16 weights, every level this CPU has: the plain sums of the same
+    /// (widened) weights.
     #[test]
-    fn products_match_candle() {
-        let dev = Device::Cpu;
-        for (level, dtype) in Level::supported()
-            .into_iter()
-            .flat_map(|level| [(level, DType::F32), (level, DType::BF16)])
-        {
+    fn products_match_plain_sums() {
+        let outputs = 1001;
+        for level in Level::supported() {
             for inputs in [37, 64] {
-                for rows in 1..=SMALL_ROWS + 1 {
-                    let x = Tensor::from_vec(values(rows * inputs, 1), (rows, inputs), &dev).unwrap();
-                    let w = Tensor::from_vec(values(inputs * 1001, 2), (inputs, 1001), &dev)
-                        .unwrap()
-                        .to_dtype(dtype)
-                        .unwrap();
-                    let wide = w.to_dtype(DType::F32).unwrap();
-                    let bias = Tensor::from_vec(values(1001, 4), 1001, &dev).unwrap();
-                    let want = x.matmul(&wide).unwrap().broadcast_add(&bias).unwrap();
-                    let diff = max_difference(&linear(level, &x, &w, &bias).unwrap(), &want);
-                    assert!(
-                        diff < 1e-4,
-                        "{level} {dtype:?} {inputs} inputs, rows {rows}: {diff}"
-                    );
+                for rows in [1, 2, 3, 4, 5, 8, 17, 64, 65] {
+                    let x = values(rows * inputs, 1);
+                    let w = values(inputs * outputs, 2);
+                    let narrow: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                    let bias = values(outputs, 4);
+                    let want = |w: &dyn Fn(usize) -> f32| -> Vec<f32> {
+                        (0..rows * outputs)
+                            .map(|i| {
+                                let (r, c) = (i / outputs, i % outputs);
+                                bias[c]
+                                    + (0..inputs)
+                                        .map(|k| x[r * inputs + k] * w(k * outputs + c))
+                                        .sum::<f32>()
+                            })
+                            .collect()
+                    };
+                    let what = format!("{level} {inputs} inputs, rows {rows}");
+                    let got = rows_times_matrix(level, &x, &w, &bias, rows, inputs);
+                    assert_close(&got, &want(&|i| w[i]), &what);
+                    let got = rows_times_matrix(level, &x, &narrow, &bias, rows, inputs);
+                    assert_close(&got, &want(&|i| narrow[i].to_f32()), &what);
 
-                    let e = Tensor::from_vec(values(1001 * inputs, 3), (1001, inputs), &dev)
-                        .unwrap()
-                        .to_dtype(dtype)
-                        .unwrap();
-                    let wide = e.to_dtype(DType::F32).unwrap().t().unwrap();
-                    let got = matmul_transposed(level, &x, &e).unwrap();
-                    let diff = max_difference(&got, &x.matmul(&wide).unwrap());
-                    assert!(
-                        diff < 1e-4,
-                        "{level} {dtype:?} {inputs} inputs, rows {rows}: {diff}"
-                    );
+                    // The same weights as (outputs, inputs) rows, against each activation row.
+                    let e: Vec<f32> = (0..outputs * inputs)
+                        .map(|i| w[(i % inputs) * outputs + i / inputs])
+                        .collect();
+                    let got = rows_times_transposed(level, &x, &e, rows, inputs, outputs);
+                    let no_bias: Vec<f32> = want(&|i| w[i])
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v - bias[i % outputs])
+                        .collect();
+                    assert_close(&got, &no_bias, &what);
                 }
             }
         }

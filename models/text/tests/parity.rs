@@ -13,11 +13,22 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gpt2-tiny")
 }
 
-/// The fixture with its kernels for each level this CPU has, and the reference.
+/// The fixture with its kernels for each level this CPU has, and the reference; f32 weights
+/// both as mapped from the file and packed for the kernels ([`Gpt2::pack_weights`]).
 fn each_level(precision: WeightPrecision) -> impl Iterator<Item = (Gpt2, Value)> {
-    Level::supported().into_iter().map(move |level| {
-        eprintln!("kernels: {level}, weights {precision:?}");
-        load_at(precision, level)
+    let packings: &[bool] = match precision {
+        WeightPrecision::F32 => &[false, true],
+        WeightPrecision::Bf16 => &[false],
+    };
+    Level::supported().into_iter().flat_map(move |level| {
+        packings.iter().map(move |&packed| {
+            eprintln!("kernels: {level}, weights {precision:?}, packed: {packed}");
+            let (model, reference) = load_at(precision, level);
+            if packed {
+                model.pack_weights();
+            }
+            (model, reference)
+        })
     })
 }
 

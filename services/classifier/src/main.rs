@@ -84,6 +84,7 @@ enum Command {
 
 fn main() -> ExitCode {
     runtime::pin_compute_threads();
+    runtime::keep_large_allocations();
     let cli = Cli::parse();
     let mode = match cli.command {
         Command::Serve { .. } => runtime::telemetry::LogMode::Service,

@@ -6,17 +6,17 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod phases;
+pub mod process;
 pub mod server;
 pub mod telemetry;
-pub mod threads;
 pub mod worker;
 
 pub use config::{ComputeArgs, DTypeArg, DeviceArg, ServeArgs};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use phases::{InitPhases, Phase};
+pub use process::{keep_large_allocations, pin_compute_threads, run_at_idle_priority};
 pub use server::{app, run, sha256_file, shutdown_signal, ModelCard, ServiceContext};
-pub use threads::pin_compute_threads;
 pub use worker::{Arrival, JobQueue, ModelWorker};
 
 /// Binds the service's port (the last init phase: nothing listens before the model is ready).

@@ -89,6 +89,7 @@ enum Command {
 
 fn main() -> ExitCode {
     runtime::pin_compute_threads();
+    runtime::keep_large_allocations();
     let cli = Cli::parse();
     let mode = match cli.command {
         Command::Serve { .. } => runtime::telemetry::LogMode::Service,
@@ -172,6 +173,11 @@ fn serve_http(
     };
     let metrics = Arc::new(Metrics::default());
     let model = Arc::new(model);
+    if args.pack_weights {
+        if let Err(e) = model::pack_weights_in_background(model.clone()) {
+            return runtime::startup_failure(&format!("cannot start the weight-packing thread: {e}"));
+        }
+    }
     let worker = match model::spawn_worker(
         model.clone(),
         serve.max_concurrency,

@@ -29,6 +29,35 @@ pub struct ModelArgs {
 
     #[command(flatten)]
     pub compute: ComputeArgs,
+
+    /// Once serving, move the f32 weights from the mapped file into memory laid out for the
+    /// kernels (a background thread at idle priority; about the file's size again in memory):
+    /// long prompts and decode steps then run at full speed. `false` keeps them mapped.
+    #[arg(long, env = "PACK_WEIGHTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pack_weights: bool,
+}
+
+/// How long after start the weights wait to be packed: a cold start's first requests come in
+/// its first moments, and packing meanwhile would slow them (it competes for memory bandwidth
+/// and the kernel's page allocator, whatever its priority).
+const PACK_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Packs the model's f32 weights for the kernels ([`text::Gpt2::pack_weights`]) on a thread of
+/// its own at idle priority, [`PACK_DELAY`] after start, so that it costs the cold start and
+/// the requests nothing; logs when done.
+pub fn pack_weights_in_background(model: Arc<TextModel>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("pack-weights".into())
+        .spawn(move || {
+            std::thread::sleep(PACK_DELAY);
+            if let Err(e) = runtime::run_at_idle_priority() {
+                tracing::warn!(error = %e, "cannot lower the packing thread's priority");
+            }
+            let started = std::time::Instant::now();
+            model.gpt2.pack_weights();
+            tracing::info!(ms = started.elapsed().as_secs_f64() * 1e3, "weights packed");
+        })
+        .map(drop)
 }
 
 /// Why the service could not start.
@@ -65,18 +94,20 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
     let (config_path, weights_path) = phases.run("resolve_weights", || -> Result<_, hub::HubError> {
         Ok((source.fetch("config.json")?, source.fetch("model.safetensors")?))
     })?;
-    // The tokenizer is built while the weights load: the two are independent, so overlapping
-    // them shortens every cold start. Both run on the thread pool that the weight copy already
-    // fills (rayon's join), so the build takes one worker for its length instead of a third
-    // thread competing with two copying ones. Each phase is recorded with the time it took;
-    // they overlap.
-    let ((gpt2, weights_took), (tokenizer, tokenizer_took)) = rayon::join(
-        || {
+    // The tokenizer is built while the weights load and warm up: the two are independent, so
+    // overlapping them shortens every cold start. Both run on the thread pool (rayon's join),
+    // so the build takes one worker for its length instead of a third thread competing with
+    // the pool. Each phase is recorded with the time it took; they overlap. The warm-up runs
+    // one token through the network and the LM head, which also maps every page of the
+    // weights the first request reads.
+    let (weights, (tokenizer, tokenizer_took)) = rayon::join(
+        || -> Result<_, LoadError> {
             let started = std::time::Instant::now();
-            (
-                Gpt2::load(&config_path, &weights_path, precision, level),
-                started.elapsed(),
-            )
+            let gpt2 = Gpt2::load(&config_path, &weights_path, precision, level)?;
+            let loaded = started.elapsed();
+            let hidden = gpt2.forward(&[0], &mut text::KvCache::default())?;
+            gpt2.logits(&hidden)?;
+            Ok((gpt2, loaded, started.elapsed() - loaded))
         },
         || {
             let started = std::time::Instant::now();
@@ -85,9 +116,11 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
             (tokenizer, started.elapsed())
         },
     );
+    let (gpt2, weights_took, warm_up_took) = weights?;
     phases.record("load_weights", weights_took);
     phases.record("load_tokenizer", tokenizer_took);
-    let (gpt2, tokenizer) = (gpt2?, tokenizer?);
+    phases.record("warm_up", warm_up_took);
+    let tokenizer = tokenizer?;
     if tokenizer.vocab_size() != gpt2.config().vocab_size {
         return Err(LoadError::Unsupported(format!(
             "the tokenizer has {} tokens but the model {}",
@@ -95,9 +128,6 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(TextModel, Mod
             gpt2.config().vocab_size
         )));
     }
-    phases.run("warm_up", || {
-        gpt2.forward(&[0], &mut text::KvCache::default()).map(drop)
-    })?;
     let config = gpt2.config();
     let card = ModelCard {
         id: source.model_name(),
