@@ -21,9 +21,16 @@ struct Args {
     /// Tokens to decode after the prompt.
     #[arg(long, default_value_t = 64)]
     tokens: usize,
+    /// Timed prefills (after an untimed one); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
     /// Hold the dense weights in bf16 (activations stay f32).
     #[arg(long)]
     bf16: bool,
+    /// Leave f32 weights where they lie in the mapped file, as a service's first second
+    /// does, instead of packing them for the kernels as it does then.
+    #[arg(long)]
+    mapped: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -44,14 +51,27 @@ fn main() -> anyhow::Result<()> {
         precision,
         simd::Level::from_env()?,
     )?;
+    if !args.mapped {
+        model.pack_weights();
+    }
     let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i * 7919) % 50_000).collect();
-    model.forward(&prompt[..prompt.len().min(8)], &mut KvCache::default())?;
-    let mut cache = KvCache::default();
-    let start = Instant::now();
-    let hidden = model.forward(&prompt, &mut cache)?;
-    let last = hidden.narrow(0, args.prompt - 1, 1)?;
-    let mut next = model.logits(&last)?.get(0)?.argmax(0)?.to_scalar::<u32>()?;
-    let prefill = start.elapsed().as_secs_f64();
+    // The prompt read into a fresh cache and its first token chosen, as llama-bench times it:
+    // once untimed, then the median of `--repeats` runs.
+    let prefill_once = || -> anyhow::Result<(KvCache, u32)> {
+        let mut cache = KvCache::default();
+        let hidden = model.forward(&prompt, &mut cache)?;
+        let last = hidden.narrow(0, args.prompt - 1, 1)?;
+        Ok((cache, model.logits(&last)?.get(0)?.argmax(0)?.to_scalar::<u32>()?))
+    };
+    let (mut cache, mut next) = prefill_once()?;
+    let mut prefills = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats.max(1) {
+        let start = Instant::now();
+        (cache, next) = prefill_once()?;
+        prefills.push(start.elapsed().as_secs_f64());
+    }
+    prefills.sort_by(f64::total_cmp);
+    let prefill = prefills[prefills.len() / 2];
     let start = Instant::now();
     for _ in 0..args.tokens {
         let hidden = model.forward(&[next], &mut cache)?;

@@ -94,13 +94,14 @@ def main():
 
     torch_version = torch.__version__.split("+")[0]
     engines = {}  # name -> (weights, bench() -> (prefill ms, decode tokens/s))
-    bandwidths, bytes_per_token = [], {}
+    bandwidths, bytes_per_token, levels = [], {}, []
 
     def ours(weights):
         def bench():
             row = bench_ours(args.model_dir, args.prompt, args.tokens, weights == "bf16")
             bandwidths[-1].append(row["read_bandwidth_gb_s"])
             bytes_per_token[weights] = row["weight_bytes_per_token"]
+            levels.append(row["kernels"])
             return row["prefill_ms"], row["decode_tokens_per_s"]
 
         return bench
@@ -122,8 +123,10 @@ def main():
     round_bandwidth = [max(b) for b in bandwidths]
     bandwidth = median(round_bandwidth)
 
+    kernels = ", ".join(sorted(set(levels)))
     print(f"GPT-2 {args.model_dir.name}, batch 1, {args.threads} threads, prompt {args.prompt} tokens, "
-          f"then {args.tokens} greedy tokens; {args.rounds} rounds, medians; read bandwidth {bandwidth:.1f} GB/s")
+          f"then {args.tokens} greedy tokens; {args.rounds} rounds, medians; read bandwidth {bandwidth:.1f} GB/s; "
+          f"our kernels: {kernels}")
     print(f"{'engine':<44} {'prefill ms':>11} {'decode tokens/s':>16} {'of the floor':>13}")
     for name, (weights, _) in engines.items():
         prefill = median([r[0] for r in rounds[name]])
@@ -142,8 +145,12 @@ def main():
     f32_floor = [b * 1e9 / bytes_per_token["f32"] for b in round_bandwidth]
     per_round("ours bf16 / f32 floor", [o / f for o, f in zip(decode["candle (ours) bf16"], f32_floor)])
     if args.llama_cpp:
-        per_round("ours f32 / llama.cpp f32", [o / l for o, l in zip(decode["candle (ours) f32"], decode["llama.cpp f32"])])
-        per_round("ours bf16 / llama.cpp bf16", [o / l for o, l in zip(decode["candle (ours) bf16"], decode["llama.cpp bf16"])])
+        prefill = {name: [r[0] for r in results] for name, results in rounds.items()}
+        for weights in ("f32", "bf16"):
+            ours, theirs = f"candle (ours) {weights}", f"llama.cpp {weights}"
+            per_round(f"decode, ours / llama.cpp {weights}", [o / l for o, l in zip(decode[ours], decode[theirs])])
+            # Prefill is a time: llama.cpp's over ours, so that above 1 is ours faster.
+            per_round(f"prefill, llama.cpp / ours {weights}", [l / o for o, l in zip(prefill[ours], prefill[theirs])])
 
 
 if __name__ == "__main__":

@@ -18,12 +18,18 @@ pub unsafe fn dots<V: F32x, W: Weight, const S: usize, const R: usize>(
     let len = x.first().map_or(0, |row| row.len());
     assert!(e.iter().all(|row| row.len() >= len) && x.iter().all(|row| row.len() >= len));
     let vectors = len / V::LANES * V::LANES;
+    // Plain loops rather than closures: a closure is a function of its own, compiled without
+    // the level's instructions, and the vector operations in it become calls.
+    let mut totals = [[0f32; R]; S];
     // SAFETY: the caller's level; every access is one vector at `j < vectors <= len`, within
     // each weight and activation row (asserted).
-    let mut totals = unsafe {
+    unsafe {
         let mut acc = [[V::zero(); R]; S];
         for j in (0..vectors).step_by(V::LANES) {
-            let xs = x.map(|row| V::load(row.as_ptr().add(j)));
+            let mut xs = [V::zero(); R];
+            for (xv, row) in xs.iter_mut().zip(&x) {
+                *xv = V::load(row.as_ptr().add(j));
+            }
             for (acc, row) in acc.iter_mut().zip(&e) {
                 let w = W::load::<V>(row.as_ptr().add(j));
                 for (acc, &xv) in acc.iter_mut().zip(&xs) {
@@ -31,8 +37,12 @@ pub unsafe fn dots<V: F32x, W: Weight, const S: usize, const R: usize>(
                 }
             }
         }
-        acc.map(|row| row.map(|v| v.sum()))
-    };
+        for (totals, acc) in totals.iter_mut().zip(&acc) {
+            for (total, v) in totals.iter_mut().zip(acc) {
+                *total = v.sum();
+            }
+        }
+    }
     for (totals, weights) in totals.iter_mut().zip(&e) {
         for (total, row) in totals.iter_mut().zip(&x) {
             *total += weights[vectors..len]

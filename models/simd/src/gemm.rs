@@ -136,14 +136,18 @@ impl Weight for bf16 {
 }
 
 /// A weight matrix (inputs, outputs) and its bias, packed for one [`Level`] into panels of
-/// two or three vectors of output columns ([`panel_vectors`]): panel `p` holds, for each input `k`, its columns
-/// `p * panel..(p + 1) * panel` (zero past `outputs`).
+/// two or three vectors of output columns ([`panel_vectors`]): panel `p` holds, for each input
+/// `k`, its columns `p * panel..(p + 1) * panel` (zero past `outputs`). bf16 weights packed for
+/// [`Level::Avx512Bf16`] hold inputs in pairs instead, each column's two weights side by side
+/// (zero past `inputs`), the layout of `vdpbf16ps`, which multiplies pairs.
 #[derive(Debug, Clone)]
 pub struct Weights<W: Weight = f32> {
     level: Level,
     inputs: usize,
     outputs: usize,
     panel: usize,
+    /// Whether inputs are held in pairs ([`Level::Avx512Bf16`], bf16).
+    pairs: bool,
     panels: Vec<W>,
     /// The bias, zero-padded to whole panels.
     bias: Vec<f32>,
@@ -173,6 +177,58 @@ impl<W: Weight> Weights<W> {
         })
     }
 
+    /// The zeroed, unpacked shape of a matrix for `level`: panels ready to be filled, backed
+    /// by huge pages where the kernel grants them (they are advised before any is written).
+    fn empty(level: Level, bias: &[f32], inputs: usize, outputs: usize) -> Self {
+        Self::empty_as(level, bias, inputs, outputs, Self::pairs_pay(level))
+    }
+
+    /// Whether weights of this type packed for `level` are held in pairs: bf16 at AVX-512
+    /// BF16, where the CPU multiplies pairs faster than it widens bf16 for multiply-adds
+    /// ([`crate::bf16_pairs_pay`]).
+    fn pairs_pay(level: Level) -> bool {
+        !W::IS_F32 && level == Level::Avx512Bf16 && crate::bf16_pairs_pay()
+    }
+
+    fn empty_as(level: Level, bias: &[f32], inputs: usize, outputs: usize, pairs: bool) -> Self {
+        assert_eq!(bias.len(), outputs, "bias is not {outputs} long");
+        assert!(
+            !pairs || (!W::IS_F32 && level == Level::Avx512Bf16),
+            "pairs are bf16 at avx512-bf16"
+        );
+        let panel = panel_vectors(level.lanes()) * level.lanes();
+        let count = outputs.div_ceil(panel);
+        let depth = if pairs { 2 * inputs.div_ceil(2) } else { inputs };
+        let mut panels = vec![W::default(); count * depth * panel];
+        crate::advise_huge_pages(&mut panels);
+        let mut padded = vec![0f32; count * panel];
+        padded[..outputs].copy_from_slice(bias);
+        Self {
+            level,
+            inputs,
+            outputs,
+            panel,
+            pairs,
+            panels,
+            bias: padded,
+        }
+    }
+
+    /// Values per panel.
+    fn panel_len(&self) -> usize {
+        self.panels.len() / self.outputs.div_ceil(self.panel).max(1)
+    }
+
+    /// Where the weight of input `k` for column `j` of a panel lies in the panel.
+    #[inline(always)]
+    fn offset(&self, k: usize, j: usize) -> usize {
+        if self.pairs {
+            ((k / 2) * self.panel + j) * 2 + k % 2
+        } else {
+            k * self.panel + j
+        }
+    }
+
     /// Packs the (inputs, outputs) matrix whose values are `value(input, output)`, and its
     /// bias: weights can be rearranged or scaled while they are packed (panels in parallel).
     pub fn from_fn(
@@ -182,74 +238,58 @@ impl<W: Weight> Weights<W> {
         outputs: usize,
         value: impl Fn(usize, usize) -> f32 + Sync,
     ) -> Self {
-        assert_eq!(bias.len(), outputs, "bias is not {outputs} long");
-        let panel = panel_vectors(level.lanes()) * level.lanes();
-        let count = outputs.div_ceil(panel);
-        let mut panels = vec![W::default(); count * inputs * panel];
-        if inputs > 0 {
-            panels
-                .par_chunks_exact_mut(inputs * panel)
+        Self::from_fn_as(level, bias, inputs, outputs, value, Self::pairs_pay(level))
+    }
+
+    fn from_fn_as(
+        level: Level,
+        bias: &[f32],
+        inputs: usize,
+        outputs: usize,
+        value: impl Fn(usize, usize) -> f32 + Sync,
+        pairs: bool,
+    ) -> Self {
+        let mut weights = Self::empty_as(level, bias, inputs, outputs, pairs);
+        let (panel, panel_len) = (weights.panel, weights.panel_len());
+        let layout = Self {
+            panels: Vec::new(),
+            bias: Vec::new(),
+            ..weights
+        };
+        if panel_len > 0 {
+            weights
+                .panels
+                .par_chunks_exact_mut(panel_len)
                 .enumerate()
                 .for_each(|(p, dst)| {
                     let first = p * panel;
-                    let columns = panel.min(outputs - first);
-                    for (k, dst) in dst.chunks_exact_mut(panel).enumerate() {
-                        for (j, d) in dst[..columns].iter_mut().enumerate() {
-                            *d = W::from_f32(value(k, first + j));
+                    for k in 0..inputs {
+                        for j in 0..panel.min(outputs - first) {
+                            dst[layout.offset(k, j)] = W::from_f32(value(k, first + j));
                         }
                     }
                 });
         }
-        let mut padded = vec![0f32; count * panel];
-        padded[..outputs].copy_from_slice(bias);
-        Self {
-            level,
-            inputs,
-            outputs,
-            panel,
-            panels,
-            bias: padded,
-        }
+        weights
     }
 
     /// Packs a row-major (inputs, outputs) matrix and its bias on the calling thread alone,
-    /// reading the matrix row after row, into memory backed by huge pages where the kernel
-    /// grants them: for a thread that packs in the background and must leave the compute pool
-    /// to the requests.
+    /// reading the matrix row after row: for a thread that packs in the background and must
+    /// leave the compute pool to the requests.
     pub fn pack_here(level: Level, weight: &[f32], bias: &[f32], inputs: usize, outputs: usize) -> Self {
         assert_eq!(weight.len(), inputs * outputs, "weight is not {inputs}x{outputs}");
-        assert_eq!(bias.len(), outputs, "bias is not {outputs} long");
-        let panel = panel_vectors(level.lanes()) * level.lanes();
-        let count = outputs.div_ceil(panel);
-        let len = count * inputs * panel;
-        let mut panels: Vec<W> = Vec::with_capacity(len);
-        crate::advise_huge_pages(panels.spare_capacity_mut());
-        let spare = &mut panels.spare_capacity_mut()[..len];
+        let mut weights = Self::empty(level, bias, inputs, outputs);
+        let (panel, panel_len) = (weights.panel, weights.panel_len());
         for (k, row) in weight.chunks_exact(outputs.max(1)).enumerate() {
-            for p in 0..count {
+            for p in 0..outputs.div_ceil(panel) {
                 let first = p * panel;
-                let columns = panel.min(outputs - first);
-                let dst = &mut spare[(p * inputs + k) * panel..][..panel];
-                for (d, &value) in dst.iter_mut().zip(&row[first..first + columns]) {
-                    d.write(W::from_f32(value));
-                }
-                for d in &mut dst[columns..] {
-                    d.write(W::default());
+                for (j, &value) in row[first..outputs.min(first + panel)].iter().enumerate() {
+                    let at = p * panel_len + weights.offset(k, j);
+                    weights.panels[at] = W::from_f32(value);
                 }
             }
         }
-        // SAFETY: the loops above wrote every value of every panel (`inputs` rows each).
-        unsafe { panels.set_len(len) };
-        let mut padded = vec![0f32; count * panel];
-        padded[..outputs].copy_from_slice(bias);
-        Self {
-            level,
-            inputs,
-            outputs,
-            panel,
-            panels,
-            bias: padded,
-        }
+        weights
     }
 
     pub fn inputs(&self) -> usize {
@@ -268,7 +308,7 @@ impl<W: Weight> Weights<W> {
     /// The weight of `input` for `output`, as packed.
     pub fn get(&self, input: usize, output: usize) -> f32 {
         let (p, column) = (output / self.panel, output % self.panel);
-        self.panels[(p * self.inputs + input) * self.panel + column].to_f32()
+        self.panels[p * self.panel_len() + self.offset(input, column)].to_f32()
     }
 }
 
@@ -407,9 +447,24 @@ fn run_product<W: Weight>(
     let row_chunks = tiles.div_ceil(tiles_per_chunk);
     let panels = n.div_ceil(panel_vectors(lanes) * lanes);
     let panel_groups = MIN_TASKS.div_ceil(row_chunks.max(1)).clamp(1, panels.max(1));
+    #[cfg(target_arch = "x86_64")]
+    let pairs = match source {
+        Source::Packed(w) if w.pairs => Some((w, pairs::activations(a, rows, k))),
+        _ => None,
+    };
     (0..row_chunks * panel_groups).into_par_iter().for_each(|task| {
         let (group, chunk) = (task / row_chunks, task % row_chunks);
         let first_row = chunk * tiles_per_chunk * tile;
+        let task_rows = first_row..((tiles_per_chunk * tile) + first_row).min(rows);
+        let task_panels = group * panels / panel_groups..(group + 1) * panels / panel_groups;
+        #[cfg(target_arch = "x86_64")]
+        if let Some((w, a16)) = &pairs {
+            assert!(w.level.is_supported(), "this CPU has no {} instructions", w.level);
+            // SAFETY: the CPU has AVX-512 BF16 (checked above: pairs are packed for that
+            // level only); this task writes its own rows and panels of `out`.
+            unsafe { pairs::task(a16, w, activation, residual, task_rows, task_panels, target) };
+            return;
+        }
         dispatch(
             source.level(),
             Task {
@@ -417,8 +472,8 @@ fn run_product<W: Weight>(
                 source,
                 activation,
                 residual,
-                rows: first_row..((tiles_per_chunk * tile) + first_row).min(rows),
-                panels: group * panels / panel_groups..(group + 1) * panels / panel_groups,
+                rows: task_rows,
+                panels: task_panels,
                 out: target,
             },
         );
@@ -646,6 +701,299 @@ impl<W: Weight> Tile<W> {
     }
 }
 
+/// Products over bf16 weights held in input pairs ([`Level::Avx512Bf16`]): `vdpbf16ps` adds
+/// two products of bf16 pairs into each f32 lane, so a step covers two inputs at the cost of
+/// one multiply-add, and weights need no widening. The activations are rounded to bf16 once
+/// per product (to nearest even), which moves a result by about as much as rounding the
+/// weights did.
+#[cfg(target_arch = "x86_64")]
+mod pairs {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use half::bf16;
+
+    use super::{panel_vectors, tile_rows, Activation, Output, Weight, Weights};
+    use crate::{Avx512, F32x};
+
+    /// `a` (rows, k) as words of two bf16, inputs `2i` (low half) and `2i + 1`, the last
+    /// one zero for an odd `k`: (rows, ceil(k / 2)), rows in parallel. (In memory the words
+    /// are each row's values in order, as bf16.)
+    pub fn activations(a: &[f32], rows: usize, k: usize) -> Vec<u32> {
+        use rayon::prelude::*;
+
+        let pairs = k.div_ceil(2);
+        let mut words = vec![0u32; rows * pairs];
+        if pairs > 0 {
+            words
+                .par_chunks_exact_mut(pairs)
+                .zip(a.par_chunks_exact(k))
+                // SAFETY: pairs are packed, and products run over them, at AVX-512 BF16 only.
+                .for_each(|(dst, row)| unsafe { round_row(row, dst) });
+        }
+        words
+    }
+
+    /// One row rounded to bf16 (to nearest even), sixteen values an instruction.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 BF16; `dst` holds `row.len().div_ceil(2)` words.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512dq,avx512vl")]
+    unsafe fn round_row(row: &[f32], dst: &mut [u32]) {
+        let vectors = row.len() / 16;
+        let out = dst.as_mut_ptr().cast::<u16>();
+        // SAFETY: sixteen values are read from and eight words written to whole vectors of
+        // the row, which `dst` covers.
+        unsafe {
+            for i in 0..vectors {
+                let narrow = _mm512_cvtneps_pbh(_mm512_loadu_ps(row.as_ptr().add(16 * i)));
+                _mm256_storeu_si256(
+                    out.add(16 * i).cast(),
+                    std::mem::transmute::<__m256bh, __m256i>(narrow),
+                );
+            }
+        }
+        for (i, &x) in row.iter().enumerate().skip(16 * vectors) {
+            let word = &mut dst[i / 2];
+            *word |= u32::from(bf16::from_f32(x).to_bits()) << (16 * (i % 2));
+        }
+    }
+
+    /// Rows `rows` times panels `panels` of a product over pair-packed weights.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 BF16; `w` must hold pairs; no other task may write these rows
+    /// and panels of `out`, a (rows, w.outputs) buffer.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512dq,avx512vl,fma")]
+    pub unsafe fn task<W: Weight>(
+        a16: &[u32],
+        w: &Weights<W>,
+        activation: Activation,
+        residual: Option<&[f32]>,
+        rows: Range<usize>,
+        panels: Range<usize>,
+        out: Output,
+    ) {
+        let (n, panel) = (w.outputs, w.panel);
+        debug_assert_eq!(panel, panel_vectors(16) * 16);
+        let pairs = w.inputs.div_ceil(2);
+        let panel_len = w.panel_len();
+        for p in panels {
+            let first = p * panel;
+            let tile = PairTile {
+                a: std::ptr::null(),
+                pairs,
+                rows: 0,
+                panel: w.panels[p * panel_len..][..panel_len].as_ptr().cast::<u32>(),
+                bias: w.bias[first..][..panel].as_ptr(),
+                columns: panel.min(n - first),
+                activation,
+                residual: None,
+                n,
+            };
+            for start in rows.clone().step_by(tile_rows(16)) {
+                let tile = PairTile {
+                    a: a16[start * pairs..].as_ptr(),
+                    rows: tile_rows(16).min(rows.end - start),
+                    residual: residual.map(|r| r[start * n + first..].as_ptr()),
+                    ..tile
+                };
+                // SAFETY: the caller's level and rows; the reads lie in the slices above.
+                unsafe { tile.compute(out.0.add(start * n + first)) };
+            }
+        }
+    }
+
+    /// Up to 8 rows of bf16 activation pairs times one pair-packed panel.
+    #[derive(Clone, Copy)]
+    struct PairTile {
+        /// The first row's pairs; rows are `pairs` words apart.
+        a: *const u32,
+        pairs: usize,
+        rows: usize,
+        /// The panel: per pair of inputs, 48 columns of two bf16 (a word each).
+        panel: *const u32,
+        bias: *const f32,
+        columns: usize,
+        activation: Activation,
+        residual: Option<*const f32>,
+        n: usize,
+    }
+
+    impl PairTile {
+        #[inline(always)]
+        unsafe fn compute(&self, out: *mut f32) {
+            if self.rows == 8 && self.columns == 48 && self.pairs > 0 {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.whole(out) };
+                return;
+            }
+            macro_rules! rows {
+                ($v:literal) => {
+                    match self.rows {
+                        8 => self.of::<8, $v>(out),
+                        7 => self.of::<7, $v>(out),
+                        6 => self.of::<6, $v>(out),
+                        5 => self.of::<5, $v>(out),
+                        4 => self.of::<4, $v>(out),
+                        3 => self.of::<3, $v>(out),
+                        2 => self.of::<2, $v>(out),
+                        _ => self.of::<1, $v>(out),
+                    }
+                };
+            }
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                if self.columns > 32 {
+                    rows!(3)
+                } else if self.columns > 16 {
+                    rows!(2)
+                } else {
+                    rows!(1)
+                }
+            }
+        }
+
+        /// The whole tile, 8 rows by 48 columns, its step in assembly as the f32 tile's
+        /// (`whole_tile`): three weight loads, eight broadcast pairs, 24 `vdpbf16ps`.
+        #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512dq,avx512vl,fma")]
+        unsafe fn whole(&self, out: *mut f32) {
+            // SAFETY: the caller's level and contract: the assembly reads 8 rows of `pairs`
+            // words and `pairs` rows of 48 words of the panel, and writes only the named
+            // registers; the epilogue writes the tile's 8 rows of 48 values.
+            unsafe {
+                let mut acc = [_mm512_setzero_ps(); 24];
+                for v in 0..3 {
+                    let bias = _mm512_loadu_ps(self.bias.add(16 * v));
+                    for r in 0..8 {
+                        acc[3 * r + v] = bias;
+                    }
+                }
+                let lda = self.pairs * 4;
+                let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15, mut a16, mut a17, mut a18, mut a19, mut a20, mut a21, mut a22, mut a23] =
+                    acc;
+                std::arch::asm!(
+                    "2:",
+                    "vmovups zmm24, [{w}]",
+                    "vmovups zmm25, [{w} + 64]",
+                    "vmovups zmm26, [{w} + 128]",
+                    "vpbroadcastd zmm27, dword ptr [{a}]",
+                    "vdpbf16ps {a0}, zmm24, zmm27",
+                    "vdpbf16ps {a1}, zmm25, zmm27",
+                    "vdpbf16ps {a2}, zmm26, zmm27",
+                    "vpbroadcastd zmm28, dword ptr [{a} + {lda}]",
+                    "vdpbf16ps {a3}, zmm24, zmm28",
+                    "vdpbf16ps {a4}, zmm25, zmm28",
+                    "vdpbf16ps {a5}, zmm26, zmm28",
+                    "vpbroadcastd zmm29, dword ptr [{a} + {lda} * 2]",
+                    "vdpbf16ps {a6}, zmm24, zmm29",
+                    "vdpbf16ps {a7}, zmm25, zmm29",
+                    "vdpbf16ps {a8}, zmm26, zmm29",
+                    "vpbroadcastd zmm30, dword ptr [{a} + {lda3}]",
+                    "vdpbf16ps {a9}, zmm24, zmm30",
+                    "vdpbf16ps {a10}, zmm25, zmm30",
+                    "vdpbf16ps {a11}, zmm26, zmm30",
+                    "vpbroadcastd zmm31, dword ptr [{b}]",
+                    "vdpbf16ps {a12}, zmm24, zmm31",
+                    "vdpbf16ps {a13}, zmm25, zmm31",
+                    "vdpbf16ps {a14}, zmm26, zmm31",
+                    "vpbroadcastd zmm27, dword ptr [{b} + {lda}]",
+                    "vdpbf16ps {a15}, zmm24, zmm27",
+                    "vdpbf16ps {a16}, zmm25, zmm27",
+                    "vdpbf16ps {a17}, zmm26, zmm27",
+                    "vpbroadcastd zmm28, dword ptr [{b} + {lda} * 2]",
+                    "vdpbf16ps {a18}, zmm24, zmm28",
+                    "vdpbf16ps {a19}, zmm25, zmm28",
+                    "vdpbf16ps {a20}, zmm26, zmm28",
+                    "vpbroadcastd zmm29, dword ptr [{b} + {lda3}]",
+                    "vdpbf16ps {a21}, zmm24, zmm29",
+                    "vdpbf16ps {a22}, zmm25, zmm29",
+                    "vdpbf16ps {a23}, zmm26, zmm29",
+                    "add {a}, 4",
+                    "add {b}, 4",
+                    "add {w}, 192",
+                    "dec {k}",
+                    "jnz 2b",
+                    a = inout(reg) self.a => _,
+                    b = inout(reg) self.a.add(4 * self.pairs) => _,
+                    lda = in(reg) lda,
+                    lda3 = in(reg) 3 * lda,
+                    w = inout(reg) self.panel => _,
+                    k = inout(reg) self.pairs => _,
+                    a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
+                    a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
+                    a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
+                    a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
+                    a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
+                    a15 = inout(zmm_reg) a15, a16 = inout(zmm_reg) a16, a17 = inout(zmm_reg) a17,
+                    a18 = inout(zmm_reg) a18, a19 = inout(zmm_reg) a19, a20 = inout(zmm_reg) a20,
+                    a21 = inout(zmm_reg) a21, a22 = inout(zmm_reg) a22, a23 = inout(zmm_reg) a23,
+                    out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+                    out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                    options(nostack, readonly),
+                );
+                let acc = [
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
+                    a20, a21, a22, a23,
+                ];
+                for r in 0..8 {
+                    for v in 0..3 {
+                        let at = r * self.n + 16 * v;
+                        let mut value = self.activation.apply_lanes(Avx512(acc[3 * r + v]));
+                        if let Some(residual) = self.residual {
+                            value = value.add(Avx512::load(residual.add(at)));
+                        }
+                        value.store(out.add(at));
+                    }
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn of<const R: usize, const NV: usize>(&self, out: *mut f32) {
+            // SAFETY: the caller's level; reads of `R` rows of `pairs` words, `pairs` rows of
+            // the panel's `NV` vectors, the bias' `NV` vectors, and the residual's and
+            // output's `columns` per row.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); NV]; R];
+                for v in 0..NV {
+                    let bias = _mm512_loadu_ps(self.bias.add(16 * v));
+                    for row in acc.iter_mut() {
+                        row[v] = bias;
+                    }
+                }
+                let mut w = self.panel;
+                for i in 0..self.pairs {
+                    let mut wv = [_mm512_setzero_si512(); NV];
+                    for (v, wv) in wv.iter_mut().enumerate() {
+                        *wv = _mm512_loadu_si512(w.add(16 * v).cast());
+                    }
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let x: __m512bh =
+                            std::mem::transmute(_mm512_set1_epi32(*self.a.add(r * self.pairs + i) as i32));
+                        for v in 0..NV {
+                            row[v] =
+                                _mm512_dpbf16_ps(row[v], x, std::mem::transmute::<__m512i, __m512bh>(wv[v]));
+                        }
+                    }
+                    w = w.add(48);
+                }
+                for (r, row) in acc.iter().enumerate() {
+                    for (v, &sum) in row.iter().enumerate() {
+                        let columns = self.columns.saturating_sub(16 * v).min(16);
+                        let at = r * self.n + 16 * v;
+                        let mut value = self.activation.apply_lanes(Avx512(sum));
+                        if let Some(residual) = self.residual {
+                            value = value.add(Avx512::load_part(residual.add(at), columns));
+                        }
+                        value.store_part(out.add(at), columns);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The whole AVX-512 tile, 8 rows by one 48-column panel of f32, which nearly every tile of a
 /// large product is, with its step written out in assembly: compiled from the generic tile,
 /// the eight rows' activation addresses took integer instructions on the ports the
@@ -800,12 +1148,24 @@ mod tests {
                 let from_transposed = Weights::<f32>::pack_transposed(level, &transposed, &bias, k, n);
                 assert_eq!(packed.panels, from_transposed.panels, "{level} {rows}x{k}x{n}");
                 let narrow = Weights::<bf16>::pack(level, &w, &bias, k, n);
+                // The pair layout whether or not this CPU's calibration picks it.
+                let paired = (level == Level::Avx512Bf16)
+                    .then(|| Weights::<bf16>::from_fn_as(level, &bias, k, n, |j, c| w[j * n + c], true));
                 let here = Weights::<f32>::pack_here(level, &w, &bias, k, n);
                 assert_eq!(packed.panels, here.panels, "{level} {rows}x{k}x{n}");
+                let narrow_here = Weights::<bf16>::pack_here(level, &w, &bias, k, n);
+                assert_eq!(narrow.panels, narrow_here.panels, "{level} bf16 {rows}x{k}x{n}");
                 for (activation, with_residual) in [(Activation::Relu6, false), (Activation::Identity, true)]
                 {
                     let residual = with_residual.then_some(&residual[..]);
+                    // Pair-packed bf16 weights (AVX-512 BF16) multiply bf16-rounded activations.
+                    let rounded: Vec<f32> = a.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
                     let check = |got: &[f32], weight: &dyn Fn(usize, usize) -> f32, what: &str| {
+                        let a = if what == "bf16 pairs" || (what == "bf16" && narrow.pairs) {
+                            &rounded
+                        } else {
+                            &a
+                        };
                         for r in 0..rows {
                             for c in 0..n {
                                 let sum: f32 =
@@ -825,6 +1185,13 @@ mod tests {
                         &|j, c| w[j * n + c],
                         "f32",
                     );
+                    if let Some(paired) = &paired {
+                        check(
+                            &product(&a, rows, paired, activation, residual),
+                            &|j, c| paired.get(j, c),
+                            "bf16 pairs",
+                        );
+                    }
                     check(
                         &product(&a, rows, &narrow, activation, residual),
                         &|j, c| narrow.get(j, c),

@@ -7,6 +7,8 @@
 //! [`dispatch`] runs it compiled for a level. The matrix products shared by the models
 //! ([`gemm`], [`dot`]) are built this way.
 
+use std::sync::OnceLock;
+
 pub mod dot;
 pub mod gemm;
 mod level;
@@ -53,13 +55,100 @@ pub fn advise_huge_pages<T>(memory: &mut [T]) {
     }
 }
 
+/// Whether this CPU multiplies bf16 pairs (`vdpbf16ps`, 32 products an instruction) faster
+/// than it multiplies f32 (`vfmadd231ps`, 16): decided once, by timing both on registers for
+/// about a millisecond. AVX-512 BF16 does not promise the rate: where the pair instruction
+/// runs at less than twice the multiply-add's rate per product (some Sapphire Rapids parts run
+/// it far slower), bf16 weights are widened for multiply-adds instead of multiplied in pairs.
+pub fn bf16_pairs_pay() -> bool {
+    static PAY: OnceLock<bool> = OnceLock::new();
+    *PAY.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if Level::Avx512Bf16.is_supported() {
+            // SAFETY: the CPU has AVX-512 BF16 (checked above).
+            let (pairs, multiply_adds) = unsafe { calibration::rates() };
+            return 2.0 * pairs > 1.1 * multiply_adds;
+        }
+        false
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod calibration {
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    /// Steps timed of each instruction, twelve independent chains a step.
+    const STEPS: usize = 20_000;
+
+    /// Instructions per second of `vdpbf16ps` and of `vfmadd231ps` (zmm), best of three.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn rates() -> (f64, f64) {
+        let time = |run: &dyn Fn() -> f32| {
+            (0..3)
+                .map(|_| {
+                    let start = Instant::now();
+                    std::hint::black_box(run());
+                    start.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let count = (12 * STEPS) as f64;
+        // SAFETY: the caller's level.
+        let pairs = time(&|| unsafe { pair_chains() });
+        // SAFETY: as above.
+        let multiply_adds = time(&|| unsafe { multiply_add_chains() });
+        (count / pairs, count / multiply_adds)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn pair_chains() -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 12];
+        // SAFETY: register operations of the caller's level.
+        unsafe {
+            let one: __m512bh = std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0x3f80_3f80)));
+            for _ in 0..STEPS {
+                for x in acc.iter_mut() {
+                    *x = _mm512_dpbf16_ps(*x, one, one);
+                }
+            }
+            let mut total = _mm512_setzero_ps();
+            for x in acc {
+                total = _mm512_add_ps(total, x);
+            }
+            _mm512_reduce_add_ps(total)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn multiply_add_chains() -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let (a, b) = (_mm512_set1_ps(std::hint::black_box(0.999)), _mm512_set1_ps(1e-7));
+        for _ in 0..STEPS {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut total = _mm512_setzero_ps();
+        for x in acc {
+            total = _mm512_add_ps(total, x);
+        }
+        _mm512_reduce_add_ps(total)
+    }
+}
+
 /// A computation written once for every level: [`dispatch`] calls [`Kernel::run`] with the
 /// level's vector type, from a function compiled for that level's instructions.
 pub trait Kernel {
     type Output;
 
     /// The computation with vectors `V`. Implementations must be `#[inline(always)]`, so that
-    /// they are compiled for the level's instructions together with the caller.
+    /// they are compiled for the level's instructions together with the caller, and should
+    /// not call `V`'s operations inside closures: a closure is a function of its own, compiled
+    /// without the level's instructions, where every vector operation becomes a call.
     ///
     /// # Safety
     /// The CPU must have `V`'s instructions ([`dispatch`] ensures it).

@@ -60,7 +60,10 @@ mod kernels {
         // SAFETY: the caller's level; every access is one vector at `j < vectors <= len`,
         // within each weight row and the sum row.
         unsafe {
-            let xs = x.map(|v| V::splat(v));
+            let mut xs = [V::zero(); 4];
+            for (xv, &v) in xs.iter_mut().zip(&x) {
+                *xv = V::splat(v);
+            }
             let out = sum.as_mut_ptr();
             for j in (0..vectors).step_by(V::LANES) {
                 let mut acc = V::load(out.add(j));

@@ -74,9 +74,14 @@ impl ComputeArgs {
             ));
         }
         let level = simd::Level::from_env().map_err(|e| e.to_string())?;
+        // Whether bf16 weights are multiplied in pairs (`vdpbf16ps`) or widened: the
+        // calibration runs only where it can decide something.
+        let bf16_pairs =
+            self.dtype == DTypeArg::Bf16 && level == simd::Level::Avx512Bf16 && simd::bf16_pairs_pay();
         tracing::info!(
             kernels = level.name(),
             best = simd::Level::best().name(),
+            bf16_pairs,
             "cpu kernels"
         );
         Ok(level)
