@@ -9,7 +9,8 @@
 
 use candle_core::{CpuStorage, Device, Storage, Tensor};
 use rayon::prelude::*;
-use simd::Level;
+use simd::dot::dots;
+use simd::{dispatch, F32x, Kernel, Level};
 
 /// Keys and values of every layer for the tokens seen so far; one per generation.
 #[derive(Debug, Default)]
@@ -218,21 +219,120 @@ fn causal_mask(new: usize, past: usize) -> candle_core::Result<Tensor> {
 /// `softmax(q . k / sqrt(head_dim)) v` of one head's query over its `keys` and `values`
 /// (positions, head_dim), into `out` (head_dim).
 fn attend_one(level: Level, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
-    let head_dim = q.len();
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut scores: Vec<f32> = keys
-        .chunks_exact(head_dim)
-        .map(|key| simd::dot::dot(level, q, key) * scale)
-        .collect();
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut total = 0f32;
-    for score in scores.iter_mut() {
-        *score = (*score - max).exp();
-        total += *score;
+    dispatch(level, AttendOne { q, keys, values, out });
+}
+
+/// [`attend_one`] as one kernel: the scores four keys at a time, their exponentials in
+/// vectors, and the weighted sum of the values a vector of dimensions at a time.
+struct AttendOne<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl Kernel for AttendOne<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: F32x>(self) {
+        let AttendOne { q, keys, values, out } = self;
+        let d = q.len();
+        let positions = keys.len() / d;
+        let scale = 1.0 / (d as f32).sqrt();
+        let key = |p: usize| &keys[p * d..(p + 1) * d];
+        let mut scores = vec![0f32; positions];
+        // SAFETY: the level's instructions (the trait's contract) for all below; every
+        // vector access lies within `scores`, a value row or `out` (`load_part` and
+        // `store_part` take the partial ends).
+        unsafe {
+            let mut p = 0;
+            while p + 4 <= positions {
+                let totals = dots::<V, f32, 4, 1>([key(p), key(p + 1), key(p + 2), key(p + 3)], [q]);
+                for (i, [total]) in totals.into_iter().enumerate() {
+                    scores[p + i] = total * scale;
+                }
+                p += 4;
+            }
+            for (p, score) in scores.iter_mut().enumerate().skip(p) {
+                let [[total]] = dots::<V, f32, 1, 1>([key(p)], [q]);
+                *score = total * scale;
+            }
+            let max = V::splat(scores.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            let mut total = 0f32;
+            for chunk in scores.chunks_mut(V::LANES) {
+                let e = V::load_part(chunk.as_ptr(), chunk.len()).sub(max).exp();
+                e.store_part(chunk.as_mut_ptr(), chunk.len());
+                total += chunk.iter().sum::<f32>();
+            }
+            let inverse = 1.0 / total;
+            // Two sums per vector of dimensions, even and odd positions, so that consecutive
+            // multiply-adds do not wait for each other.
+            for c in (0..d).step_by(V::LANES) {
+                let lanes = V::LANES.min(d - c);
+                let (mut even, mut odd) = (V::zero(), V::zero());
+                let mut p = 0;
+                while p + 2 <= positions {
+                    let (a, b) = (
+                        values.as_ptr().add(p * d + c),
+                        values.as_ptr().add((p + 1) * d + c),
+                    );
+                    even = V::splat(scores[p]).mul_add(V::load_part(a, lanes), even);
+                    odd = V::splat(scores[p + 1]).mul_add(V::load_part(b, lanes), odd);
+                    p += 2;
+                }
+                if p < positions {
+                    even = V::splat(scores[p])
+                        .mul_add(V::load_part(values.as_ptr().add(p * d + c), lanes), even);
+                }
+                even.add(odd)
+                    .mul(V::splat(inverse))
+                    .store_part(out.as_mut_ptr().add(c), lanes);
+            }
+        }
     }
-    out.fill(0.0);
-    for (&weight, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
-        let weight = weight / total;
-        out.iter_mut().zip(value).for_each(|(o, v)| *o += weight * v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One query over 1 to 70 positions, head widths that are and are not whole vectors, at
+    /// every level this CPU has: the softmax-weighted values of the plain formula.
+    #[test]
+    fn one_query_attends_as_the_formula_says() {
+        let value = |i: usize| ((i * 2654435761) % 1000) as f32 / 250.0 - 2.0;
+        for level in Level::supported() {
+            for d in [64, 40] {
+                for positions in [1, 2, 3, 5, 17, 70] {
+                    let q: Vec<f32> = (0..d).map(value).collect();
+                    let keys: Vec<f32> = (0..positions * d).map(|i| value(i + 7)).collect();
+                    let values: Vec<f32> = (0..positions * d).map(|i| value(i + 13)).collect();
+                    let scores: Vec<f64> = keys
+                        .chunks(d)
+                        .map(|k| {
+                            k.iter().zip(&q).map(|(a, b)| f64::from(a * b)).sum::<f64>() / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    let mut got = vec![0f32; d];
+                    attend_one(level, &q, &keys, &values, &mut got);
+                    for (c, &got) in got.iter().enumerate() {
+                        let want: f64 = weights
+                            .iter()
+                            .enumerate()
+                            .map(|(p, w)| w * f64::from(values[p * d + c]))
+                            .sum::<f64>()
+                            / total;
+                        assert!(
+                            (f64::from(got) - want).abs() < 1e-5,
+                            "{level} d {d} positions {positions} dim {c}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

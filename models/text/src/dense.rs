@@ -14,7 +14,7 @@
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
 use half::bf16;
 use hub::F32Values;
 use rayon::prelude::*;
@@ -82,22 +82,50 @@ impl Dense {
         }
     }
 
-    /// `x @ weight + bias` for `x` (rows, inputs), at `level`.
-    pub fn forward(&self, level: Level, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(&DenseOp { dense: self, level })
+    /// `activation(x @ weight + bias) + residual` for `x` (rows, inputs), at `level`: the
+    /// activation and the residual are applied in the product's epilogue where it has one.
+    pub fn forward(
+        &self,
+        level: Level,
+        x: &Tensor,
+        activation: Activation,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let op = DenseOp {
+            dense: self,
+            level,
+            activation,
+        };
+        let x = x.contiguous()?;
+        match residual {
+            Some(residual) => x.apply_op2_no_bwd(&residual.contiguous()?, &op),
+            None => x.apply_op1_no_bwd(&op),
+        }
     }
 
-    fn product(&self, level: Level, x: &[f32], rows: usize) -> Vec<f32> {
+    fn product(
+        &self,
+        level: Level,
+        x: &[f32],
+        rows: usize,
+        activation: Activation,
+        residual: Option<&[f32]>,
+    ) -> Vec<f32> {
         if let DenseWeight::F32 { packed, .. } = &self.weight {
             if let Some(w) = packed.get().filter(|w| w.level() == level) {
-                return gemm::product(x, rows, w, Activation::Identity, None);
+                return gemm::product(x, rows, w, activation, residual);
             }
         }
         match &self.weight {
             DenseWeight::F32 { mapped: w, .. }
                 if rows <= STREAMED_ROWS || !self.outputs.is_multiple_of(level.lanes()) =>
             {
-                matvec::rows_times_matrix(level, x, w, &self.bias, rows, self.inputs)
+                let mut y = matvec::rows_times_matrix(level, x, w, &self.bias, rows, self.inputs);
+                activation.apply_in_place(level, &mut y);
+                if let Some(residual) = residual {
+                    y.iter_mut().zip(residual).for_each(|(y, r)| *y += r);
+                }
+                y
             }
             DenseWeight::F32 { mapped: w, .. } => {
                 let mut out = Vec::with_capacity(rows * self.outputs);
@@ -108,12 +136,12 @@ impl Dense {
                     outputs: self.outputs,
                 };
                 let spare = &mut out.spare_capacity_mut()[..rows * self.outputs];
-                gemm::product_row_major_into(level, x, rows, matrix, Activation::Identity, spare);
+                gemm::product_row_major_into(level, x, rows, matrix, activation, residual, spare);
                 // SAFETY: the product wrote every value of the rows x outputs answer.
                 unsafe { out.set_len(rows * self.outputs) };
                 out
             }
-            DenseWeight::Bf16(w) => gemm::product(x, rows, w, Activation::Identity, None),
+            DenseWeight::Bf16(w) => gemm::product(x, rows, w, activation, residual),
         }
     }
 }
@@ -121,6 +149,27 @@ impl Dense {
 struct DenseOp<'a> {
     dense: &'a Dense,
     level: Level,
+    activation: Activation,
+}
+
+impl DenseOp<'_> {
+    fn run(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, inputs) = layout.shape().dims2()?;
+        if inputs != self.dense.inputs {
+            candle_core::bail!("dense: {:?} rows for {} inputs", layout.dims(), self.dense.inputs)
+        }
+        if residual.is_some_and(|r| r.len() != rows * self.dense.outputs) {
+            candle_core::bail!("dense: the residual is not {rows}x{}", self.dense.outputs)
+        }
+        let x = f32_rows(storage, layout)?;
+        let y = self.dense.product(self.level, x, rows, self.activation, residual);
+        Ok((CpuStorage::F32(y), Shape::from((rows, self.dense.outputs))))
+    }
 }
 
 impl CustomOp1 for DenseOp<'_> {
@@ -129,13 +178,24 @@ impl CustomOp1 for DenseOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, inputs) = layout.shape().dims2()?;
-        if inputs != self.dense.inputs {
-            candle_core::bail!("dense: {:?} rows for {} inputs", layout.dims(), self.dense.inputs)
-        }
-        let x = f32_rows(storage, layout)?;
-        let y = self.dense.product(self.level, x, rows);
-        Ok((CpuStorage::F32(y), Shape::from((rows, self.dense.outputs))))
+        self.run(storage, layout, None)
+    }
+}
+
+impl CustomOp2 for DenseOp<'_> {
+    fn name(&self) -> &'static str {
+        "dense-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let residual = f32_rows(residual, residual_layout)?;
+        self.run(storage, layout, Some(residual))
     }
 }
 

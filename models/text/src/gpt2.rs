@@ -12,6 +12,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use hub::F32Values;
 use serde::Deserialize;
+use simd::gemm::Activation;
 use simd::Level;
 
 use crate::activation::Gelu;
@@ -90,11 +91,27 @@ struct Block {
 }
 
 impl Block {
-    /// `x + mlp(ln_2(x))`.
-    fn feed_forward(&self, level: Level, x: Tensor) -> candle_core::Result<Tensor> {
-        let hidden = self.c_fc.forward(level, &self.ln_2.forward(&x)?)?;
-        let h = self.mlp_proj.forward(level, &self.gelu.apply(level, &hidden)?)?;
-        x + h
+    /// `x + attention(ln_1(x))`, then `+ mlp(ln_2(..))`: the residual sums and the tanh GELU
+    /// are taken in the products' epilogues. `attend` answers the attended rows of `qkv`.
+    fn forward(
+        &self,
+        level: Level,
+        x: &Tensor,
+        attend: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let qkv = self
+            .c_attn
+            .forward(level, &self.ln_1.forward(x)?, Activation::Identity, None)?;
+        let attended = attend(&qkv)?;
+        let x = self
+            .attn_proj
+            .forward(level, &attended, Activation::Identity, Some(x))?;
+        let hidden = self
+            .c_fc
+            .forward(level, &self.ln_2.forward(&x)?, self.gelu.epilogue(), None)?;
+        let hidden = self.gelu.after_epilogue(hidden)?;
+        self.mlp_proj
+            .forward(level, &hidden, Activation::Identity, Some(&x))
     }
 }
 
@@ -314,9 +331,7 @@ impl Gpt2 {
             .collect();
         let mut x = self.embed(&tokens, &positions)?;
         for (layer, block) in self.blocks.iter().enumerate() {
-            let qkv = block.c_attn.forward(self.level, &block.ln_1.forward(&x)?)?;
-            let attended = attend(layer, &qkv)?;
-            x = block.feed_forward(self.level, (x + block.attn_proj.forward(self.level, &attended)?)?)?;
+            x = block.forward(self.level, &x, |qkv| attend(layer, qkv))?;
         }
         Ok(self.ln_f.forward(&x)?)
     }

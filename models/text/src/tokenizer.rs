@@ -8,6 +8,7 @@
 //! checked token for token against OpenAI's `tiktoken` (tests/tokenizer.rs) and against files
 //! `tokenizers` writes.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
@@ -60,44 +61,35 @@ impl Gpt2Tokenizer {
     pub fn from_tokenizer_json(path: &Path) -> Result<Self, TextError> {
         let unsupported = |what: &str| tokenizer_error(format!("{}: {what}", path.display()));
         let text = std::fs::read(path).map_err(|e| unsupported(&e.to_string()))?;
-        let json: Value = serde_json::from_slice(&text).map_err(|e| unsupported(&e.to_string()))?;
-        let model = &json["model"];
-        if model["type"] != "BPE" {
+        let json: TokenizerJson = serde_json::from_slice(&text).map_err(|e| unsupported(&e.to_string()))?;
+        if json.model.kind != "BPE" {
             return Err(unsupported(
                 "not a BPE model (only GPT-2's byte-level BPE is supported)",
             ));
         }
-        let pre_tokenizer = &json["pre_tokenizer"];
+        let pre_tokenizer = &json.pre_tokenizer;
         if pre_tokenizer["type"] != "ByteLevel" || pre_tokenizer["add_prefix_space"] == true {
             return Err(unsupported(
                 "the pre-tokenizer is not GPT-2's (ByteLevel without a prefix space)",
             ));
         }
-        let vocab = Map::<String, u32>::deserialize(&model["vocab"])
-            .map_err(|e| unsupported(&format!("vocab: {e}")))?;
-        let merges = model["merges"]
-            .as_array()
-            .ok_or_else(|| unsupported("no merges"))?
+        let merges = json
+            .model
+            .merges
             .iter()
             .map(|merge| match merge {
-                Value::String(line) => split_merge(line),
-                Value::Array(pair) => match pair.as_slice() {
-                    [Value::String(a), Value::String(b)] => Ok((a.as_str(), b.as_str())),
-                    _ => Err(tokenizer_error(format!("bad merge {merge}"))),
-                },
-                _ => Err(tokenizer_error(format!("bad merge {merge}"))),
+                Merge::Line(line) => split_merge(line),
+                Merge::Pair([a, b]) => Ok((a.as_ref(), b.as_ref())),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut special = Vec::new();
-        for token in json["added_tokens"].as_array().into_iter().flatten() {
-            match (token["content"].as_str(), token["id"].as_u64()) {
-                (Some(content), Some(id)) if !content.is_empty() => {
-                    special.push((content.to_string(), u32::try_from(id).map_err(tokenizer_error)?))
-                }
-                _ => return Err(unsupported(&format!("bad added token {token}"))),
+        for token in &json.added_tokens {
+            if token.content.is_empty() {
+                return Err(unsupported("an added token is empty"));
             }
+            special.push((token.content.to_string(), token.id));
         }
-        Self::build(vocab, &merges, special)
+        Self::build(&json.model.vocab.map(), &merges, special)
     }
 
     /// From `vocab.json` and `merges.txt` (the same files as OpenAI's `encoder.json` and
@@ -123,7 +115,8 @@ impl Gpt2Tokenizer {
     }
 
     fn from_parts(vocab_json: &[u8], merges_txt: &[u8]) -> Result<Self, TextError> {
-        let vocab: Map<String, u32> = serde_json::from_slice(vocab_json).map_err(tokenizer_error)?;
+        let vocab: Vocab = serde_json::from_slice(vocab_json).map_err(tokenizer_error)?;
+        let vocab = vocab.map();
         let merges_txt = std::str::from_utf8(merges_txt).map_err(tokenizer_error)?;
         let merges = merges_txt
             .lines()
@@ -135,11 +128,11 @@ impl Gpt2Tokenizer {
             .get(END_OF_TEXT)
             .copied()
             .unwrap_or_else(|| vocab.values().max().map_or(0, |&id| id + 1));
-        Self::build(vocab, &merges, vec![(END_OF_TEXT.to_string(), end_of_text)])
+        Self::build(&vocab, &merges, vec![(END_OF_TEXT.to_string(), end_of_text)])
     }
 
     fn build(
-        vocab: Map<String, u32>,
+        vocab: &Map<&str, u32>,
         merges: &[(&str, &str)],
         special: Vec<(String, u32)>,
     ) -> Result<Self, TextError> {
@@ -157,8 +150,8 @@ impl Gpt2Tokenizer {
         }
         // The two tables are independent, so they are built side by side on the pool.
         let (tokens, merge_table) = rayon::join(
-            || TokenBytes::new(&vocab, &special, size),
-            || merge_table(&vocab, merges),
+            || TokenBytes::new(vocab, &special, size),
+            || merge_table(vocab, merges),
         );
         let (tokens, byte_tokens) = tokens?;
         Ok(Self {
@@ -267,6 +260,121 @@ impl Gpt2Tokenizer {
     }
 }
 
+/// A vocabulary's tokens (JSON object keys, unescaped) end to end in one string, each with
+/// its id: read without a `String` per token, whose allocation and freeing were a third of
+/// building the tokenizer.
+#[derive(Debug, Default)]
+struct Vocab {
+    text: String,
+    /// Each token's end in `text` (its start is the previous one's end) and its id.
+    tokens: Vec<(usize, u32)>,
+}
+
+impl Vocab {
+    /// Token text to id, borrowing the text.
+    fn map(&self) -> Map<&str, u32> {
+        let mut map = Map::with_capacity_and_hasher(self.tokens.len(), ahash::RandomState::new());
+        let mut start = 0;
+        for &(end, id) in &self.tokens {
+            map.insert(&self.text[start..end], id);
+            start = end;
+        }
+        map
+    }
+}
+
+impl<'de> Deserialize<'de> for Vocab {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(VocabVisitor)
+    }
+}
+
+struct VocabVisitor;
+
+impl<'de> serde::de::Visitor<'de> for VocabVisitor {
+    type Value = Vocab;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of tokens and their ids")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vocab, A::Error> {
+        let mut vocab = Vocab {
+            text: String::with_capacity(map.size_hint().unwrap_or(0) * 8),
+            tokens: Vec::with_capacity(map.size_hint().unwrap_or(0)),
+        };
+        while map.next_key_seed(AppendKey(&mut vocab.text))?.is_some() {
+            let id: u32 = map.next_value()?;
+            vocab.tokens.push((vocab.text.len(), id));
+        }
+        Ok(vocab)
+    }
+}
+
+/// A map key appended to a string (escaped or not) rather than allocated.
+struct AppendKey<'a>(&'a mut String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AppendKey<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AppendKey<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a token")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, token: &str) -> Result<(), E> {
+        self.0.push_str(token);
+        Ok(())
+    }
+}
+
+/// The parts of a `tokenizer.json` GPT-2's BPE needs.
+#[derive(Deserialize)]
+struct TokenizerJson<'a> {
+    #[serde(borrow)]
+    model: BpeJson<'a>,
+    #[serde(default)]
+    pre_tokenizer: Value,
+    #[serde(default, borrow)]
+    added_tokens: Vec<AddedToken<'a>>,
+}
+
+/// The model part; fields that only a BPE model has default to empty, so that another kind
+/// of model is refused by its type rather than by a missing field.
+#[derive(Deserialize)]
+struct BpeJson<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    vocab: Vocab,
+    #[serde(default, borrow)]
+    merges: Vec<Merge<'a>>,
+}
+
+/// A merge as a `"left right"` string or a `["left", "right"]` pair (both are written).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Merge<'a> {
+    #[serde(borrow)]
+    Line(Cow<'a, str>),
+    #[serde(borrow)]
+    Pair([Cow<'a, str>; 2]),
+}
+
+#[derive(Deserialize)]
+struct AddedToken<'a> {
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+    id: u32,
+}
+
 /// Every token's raw bytes end to end, and where each one ends: one buffer, not 50,257.
 struct TokenBytes {
     bytes: Vec<u8>,
@@ -277,13 +385,13 @@ impl TokenBytes {
     /// The tokens' bytes (byte-level characters mapped back to bytes; special tokens as they
     /// are written) and the token of each single byte.
     fn new(
-        vocab: &Map<String, u32>,
+        vocab: &Map<&str, u32>,
         special: &[(String, u32)],
         size: usize,
     ) -> Result<(Self, [u32; 256]), TextError> {
         let mut names: Vec<Option<(&str, bool)>> = vec![None; size];
-        for (token, &id) in vocab {
-            names[id as usize] = Some((token.as_str(), false));
+        for (&token, &id) in vocab {
+            names[id as usize] = Some((token, false));
         }
         for (content, id) in special {
             names[*id as usize] = Some((content.as_str(), true));
@@ -326,7 +434,7 @@ impl TokenBytes {
 }
 
 /// The merges' table, from merges in rank order.
-fn merge_table(vocab: &Map<String, u32>, merges: &[(&str, &str)]) -> Result<MergeTable, TextError> {
+fn merge_table(vocab: &Map<&str, u32>, merges: &[(&str, &str)]) -> Result<MergeTable, TextError> {
     let id_of = |token: &str| {
         vocab
             .get(token)
