@@ -680,10 +680,17 @@ impl<W: Weight> Tile<W> {
         }
         debug_assert!(self.rows >= 1 && self.rows <= tile_rows(V::LANES));
         #[cfg(target_arch = "x86_64")]
-        if V::LANES == 16 && W::IS_F32 && self.rows == 8 && self.columns == 48 && self.k > 0 {
+        if V::LANES == 16 && W::IS_F32 && self.rows == 8 && self.k > 0 {
             // SAFETY: sixteen lanes are AVX-512's (the only such level), so the CPU has it;
-            // `W` is f32; the rest is the caller's.
-            unsafe { whole_tile::avx512_8x48(self.cast_f32(), out) };
+            // `W` is f32; panels are 48 columns wide, zero past the matrix; the rest is the
+            // caller's.
+            unsafe {
+                match self.columns {
+                    33.. => whole_tile::avx512_8x48(self.cast_f32(), out),
+                    17..=32 => whole_tile::avx512_8x32(self.cast_f32(), out),
+                    _ => whole_tile::avx512_8x16(self.cast_f32(), out),
+                }
+            }
             return;
         }
         // SAFETY: forwarded from the caller.
@@ -1053,12 +1060,13 @@ mod pairs {
     }
 }
 
-/// The whole AVX-512 tile, 8 rows by one 48-column panel of f32, which nearly every tile of a
-/// large product is, with its step written out in assembly: compiled from the generic tile,
-/// the eight rows' activation addresses took integer instructions on the ports the
-/// multiply-adds use, and the tile ran at about 60% of the multiply-add rate. Here the rows
-/// are addressed from two pointers and a stride, so a step is three weight loads, eight
-/// broadcasts and 24 multiply-adds, and the loop costs four integer instructions.
+/// The AVX-512 tiles of 8 rows of f32, which nearly every tile of a large product is, with
+/// their step written out in assembly for one, two or three vectors of columns: compiled from
+/// the generic tile, the eight rows' activation addresses took integer instructions on the
+/// ports the multiply-adds use, and the tile ran at about 60% of the multiply-add rate. Here
+/// the rows are addressed from two pointers and a stride, so a step of the 48-column tile is
+/// three weight loads, eight broadcasts and 24 multiply-adds, and the loop costs four integer
+/// instructions.
 #[cfg(target_arch = "x86_64")]
 mod whole_tile {
     use std::arch::asm;
@@ -1067,13 +1075,188 @@ mod whole_tile {
     use super::Tile;
     use crate::{Avx512, F32x};
 
+    /// The epilogue of an 8-row tile of `nv` vectors: activation, residual, store (the last
+    /// vector partial where the panel ends).
+    ///
     /// # Safety
-    /// The CPU must have AVX-512 F; `tile` must be 8 rows by 48 valid columns with `k > 0`,
-    /// its pointers covering the reads and `out` its writes (rows `tile.n` apart).
+    /// The CPU must have AVX-512 F; `tile`'s pointers must cover its reads and `out` its
+    /// writes (8 rows `tile.n` apart, `tile.columns` each).
+    #[inline(always)]
+    unsafe fn finish(tile: &Tile<f32>, acc: &[__m512], nv: usize, out: *mut f32) {
+        // SAFETY: the caller's.
+        unsafe {
+            for r in 0..8 {
+                for v in 0..nv {
+                    let columns = tile.columns.saturating_sub(16 * v).min(16);
+                    let at = r * tile.n + 16 * v;
+                    let mut value = tile.activation.apply_lanes(Avx512(acc[nv * r + v]));
+                    if let Some(residual) = tile.residual {
+                        value = value.add(Avx512::load_part(residual.add(at), columns));
+                    }
+                    value.store_part(out.add(at), columns);
+                }
+            }
+        }
+    }
+
+    /// The 8-row tile of 1 vector (16 columns, the last partial where the panel ends).
+    ///
+    /// # Safety
+    /// As [`finish`]'s, with `tile.k > 0`, panels 16 or more columns wide (zero-padded)
+    /// and 8 rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    pub unsafe fn avx512_8x16(tile: Tile<f32>, out: *mut f32) {
+        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
+        // `k` activations and `k` rows of the panel's first 16 weights, and writes only the
+        // named registers.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for v in 0..1 {
+                let bias = _mm512_loadu_ps(tile.bias.add(16 * v));
+                for r in 0..8 {
+                    acc[1 * r + v] = bias;
+                }
+            }
+            let lda = tile.k * 4;
+            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = acc;
+            asm!(
+                "2:",
+                "prefetcht1 [{pf}]",
+                "add {pf}, {pfs}",
+                "vmovups zmm24, [{w}]",
+                "vbroadcastss zmm27, dword ptr [{a}]",
+                "vfmadd231ps {a0}, zmm24, zmm27",
+                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
+                "vfmadd231ps {a1}, zmm24, zmm28",
+                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
+                "vfmadd231ps {a2}, zmm24, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
+                "vfmadd231ps {a3}, zmm24, zmm30",
+                "vbroadcastss zmm31, dword ptr [{b}]",
+                "vfmadd231ps {a4}, zmm24, zmm31",
+                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
+                "vfmadd231ps {a5}, zmm24, zmm27",
+                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
+                "vfmadd231ps {a6}, zmm24, zmm28",
+                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
+                "vfmadd231ps {a7}, zmm24, zmm29",
+                "add {a}, 4",
+                "add {b}, 4",
+                "add {w}, 192",
+                "dec {k}",
+                "jnz 2b",
+                a = inout(reg) tile.a => _,
+                b = inout(reg) tile.a.add(4 * tile.k) => _,
+                lda = in(reg) lda,
+                lda3 = in(reg) 3 * lda,
+                w = inout(reg) tile.panel => _,
+                k = inout(reg) tile.k => _,
+                pf = inout(reg) tile.prefetch => _,
+                pfs = in(reg) tile.prefetch_step,
+                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
+                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
+                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7,
+                out("zmm24") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack, readonly),
+            );
+            finish(&tile, &[a0, a1, a2, a3, a4, a5, a6, a7], 1, out);
+        }
+    }
+
+    /// The 8-row tile of 2 vectors (32 columns, the last partial where the panel ends).
+    ///
+    /// # Safety
+    /// As [`finish`]'s, with `tile.k > 0`, panels 32 or more columns wide (zero-padded)
+    /// and 8 rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    pub unsafe fn avx512_8x32(tile: Tile<f32>, out: *mut f32) {
+        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
+        // `k` activations and `k` rows of the panel's first 32 weights, and writes only the
+        // named registers.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for v in 0..2 {
+                let bias = _mm512_loadu_ps(tile.bias.add(16 * v));
+                for r in 0..8 {
+                    acc[2 * r + v] = bias;
+                }
+            }
+            let lda = tile.k * 4;
+            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15] =
+                acc;
+            asm!(
+                "2:",
+                "prefetcht1 [{pf}]",
+                "add {pf}, {pfs}",
+                "vmovups zmm24, [{w}]",
+                "vmovups zmm25, [{w} + 64]",
+                "vbroadcastss zmm27, dword ptr [{a}]",
+                "vfmadd231ps {a0}, zmm24, zmm27",
+                "vfmadd231ps {a1}, zmm25, zmm27",
+                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
+                "vfmadd231ps {a2}, zmm24, zmm28",
+                "vfmadd231ps {a3}, zmm25, zmm28",
+                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
+                "vfmadd231ps {a4}, zmm24, zmm29",
+                "vfmadd231ps {a5}, zmm25, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
+                "vfmadd231ps {a6}, zmm24, zmm30",
+                "vfmadd231ps {a7}, zmm25, zmm30",
+                "vbroadcastss zmm31, dword ptr [{b}]",
+                "vfmadd231ps {a8}, zmm24, zmm31",
+                "vfmadd231ps {a9}, zmm25, zmm31",
+                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
+                "vfmadd231ps {a10}, zmm24, zmm27",
+                "vfmadd231ps {a11}, zmm25, zmm27",
+                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
+                "vfmadd231ps {a12}, zmm24, zmm28",
+                "vfmadd231ps {a13}, zmm25, zmm28",
+                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
+                "vfmadd231ps {a14}, zmm24, zmm29",
+                "vfmadd231ps {a15}, zmm25, zmm29",
+                "add {a}, 4",
+                "add {b}, 4",
+                "add {w}, 192",
+                "dec {k}",
+                "jnz 2b",
+                a = inout(reg) tile.a => _,
+                b = inout(reg) tile.a.add(4 * tile.k) => _,
+                lda = in(reg) lda,
+                lda3 = in(reg) 3 * lda,
+                w = inout(reg) tile.panel => _,
+                k = inout(reg) tile.k => _,
+                pf = inout(reg) tile.prefetch => _,
+                pfs = in(reg) tile.prefetch_step,
+                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
+                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
+                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
+                a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
+                a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
+                a15 = inout(zmm_reg) a15,
+                out("zmm24") _, out("zmm25") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack, readonly),
+            );
+            finish(
+                &tile,
+                &[
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+                ],
+                2,
+                out,
+            );
+        }
+    }
+
+    /// The 8-row tile of 3 vectors (48 columns, the last partial where the panel ends).
+    ///
+    /// # Safety
+    /// As [`finish`]'s, with `tile.k > 0`, panels 48 or more columns wide (zero-padded)
+    /// and 8 rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub unsafe fn avx512_8x48(tile: Tile<f32>, out: *mut f32) {
         // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
-        // `k` activations and `k` rows of 48 weights, and writes only the named registers.
+        // `k` activations and `k` rows of the panel's first 48 weights, and writes only the
+        // named registers.
         unsafe {
             let mut acc = [_mm512_setzero_ps(); 24];
             for v in 0..3 {
@@ -1145,24 +1328,18 @@ mod whole_tile {
                 a15 = inout(zmm_reg) a15, a16 = inout(zmm_reg) a16, a17 = inout(zmm_reg) a17,
                 a18 = inout(zmm_reg) a18, a19 = inout(zmm_reg) a19, a20 = inout(zmm_reg) a20,
                 a21 = inout(zmm_reg) a21, a22 = inout(zmm_reg) a22, a23 = inout(zmm_reg) a23,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
-                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
                 options(nostack, readonly),
             );
-            let acc = [
-                a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
-                a20, a21, a22, a23,
-            ];
-            for r in 0..8 {
-                for v in 0..3 {
-                    let at = r * tile.n + 16 * v;
-                    let mut value = tile.activation.apply_lanes(Avx512(acc[3 * r + v]));
-                    if let Some(residual) = tile.residual {
-                        value = value.add(Avx512::load(residual.add(at)));
-                    }
-                    value.store(out.add(at));
-                }
-            }
+            finish(
+                &tile,
+                &[
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
+                    a20, a21, a22, a23,
+                ],
+                3,
+                out,
+            );
         }
     }
 }
