@@ -267,3 +267,58 @@ pub fn labelled_as_their_folder(lines: &[&str]) -> usize {
         })
         .count()
 }
+
+/// `qemu-x86_64` (Debian's `qemu-user`) when it is on the PATH, or `None` with a printed
+/// reason: it runs a binary on a CPU model without AVX, so that the portable kernels run on
+/// a CPU that lacks the vector instructions, not only behind a flag.
+pub fn qemu() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("qemu-x86_64"))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        eprintln!("skipped: qemu-x86_64 is not installed (Debian: apt-get install qemu-user)");
+    }
+    found
+}
+
+/// The CPU model the no-AVX runs emulate: SSE4.2, no AVX.
+pub const CPU_WITHOUT_AVX: &str = "Westmere";
+
+/// Runs `binary` with `args`, natively or (with `qemu`) under it on [`CPU_WITHOUT_AVX`];
+/// answers stdout, after checking it succeeded and that its log names the kernels it ran at
+/// (`portable` when emulated).
+pub fn run_maybe_emulated(qemu: Option<&Path>, binary: &str, args: &[&str]) -> String {
+    let mut command = match qemu {
+        Some(qemu) => {
+            let mut command = Command::new(qemu);
+            command.args(["-cpu", CPU_WITHOUT_AVX, binary]);
+            command
+        }
+        None => Command::new(binary),
+    };
+    let output = command
+        .args(args)
+        .env_remove("CPU_KERNELS")
+        .env_remove("MODEL")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run the binary");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{binary} {args:?} (emulated: {}): {log}",
+        qemu.is_some()
+    );
+    let kernels = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "cpu kernels")
+        .map(|line| line["fields"]["kernels"].clone());
+    match qemu {
+        Some(_) => assert_eq!(kernels, Some(Value::from("portable")), "{log}"),
+        None => assert!(kernels.is_some(), "no cpu kernels line: {log}"),
+    }
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}

@@ -47,6 +47,12 @@ enum Command {
         limits: ApiLimits,
         #[command(flatten)]
         serve: ServeArgs,
+        /// Once serving, move the f32 weights from the mapped file into memory laid out for
+        /// the kernels (a background thread at idle priority, a second after start; about the
+        /// file's size again in memory): long prompts and decode steps then run at full
+        /// speed. `false` keeps them mapped.
+        #[arg(long, env = "PACK_WEIGHTS", default_value_t = true, action = clap::ArgAction::Set)]
+        pack_weights: bool,
     },
     /// Complete a prompt and print the text as it is generated.
     Generate {
@@ -103,7 +109,8 @@ fn main() -> ExitCode {
             rerank,
             limits,
             serve,
-        } => serve_http(&model, corpus.as_deref(), rerank, limits, &serve),
+            pack_weights,
+        } => serve_http(&model, corpus.as_deref(), rerank, limits, &serve, pack_weights),
         Command::Search {
             model,
             corpus,
@@ -147,6 +154,7 @@ fn serve_http(
     rerank: RerankArgs,
     limits: ApiLimits,
     serve: &ServeArgs,
+    pack_weights: bool,
 ) -> ExitCode {
     let mut phases = InitPhases::new();
     let (model, mut card) = match model::load(args, &mut phases) {
@@ -173,7 +181,7 @@ fn serve_http(
     };
     let metrics = Arc::new(Metrics::default());
     let model = Arc::new(model);
-    if args.pack_weights {
+    if pack_weights {
         if let Err(e) = model::pack_weights_in_background(model.clone()) {
             return runtime::startup_failure(&format!("cannot start the weight-packing thread: {e}"));
         }

@@ -29,12 +29,6 @@ pub struct ModelArgs {
 
     #[command(flatten)]
     pub compute: ComputeArgs,
-
-    /// Once serving, move the f32 weights from the mapped file into memory laid out for the
-    /// kernels (a background thread at idle priority; about the file's size again in memory):
-    /// long prompts and decode steps then run at full speed. `false` keeps them mapped.
-    #[arg(long, env = "PACK_WEIGHTS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub pack_weights: bool,
 }
 
 /// How long after start the weights wait to be packed: a cold start's first requests come in
