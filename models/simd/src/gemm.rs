@@ -1111,10 +1111,9 @@ mod whole_tile {
         // named registers.
         unsafe {
             let mut acc = [_mm512_setzero_ps(); 8];
-            for v in 0..1 {
-                let bias = _mm512_loadu_ps(tile.bias.add(16 * v));
-                for r in 0..8 {
-                    acc[1 * r + v] = bias;
+            for row in acc.chunks_exact_mut(1) {
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
                 }
             }
             let lda = tile.k * 4;
@@ -1175,10 +1174,9 @@ mod whole_tile {
         // named registers.
         unsafe {
             let mut acc = [_mm512_setzero_ps(); 16];
-            for v in 0..2 {
-                let bias = _mm512_loadu_ps(tile.bias.add(16 * v));
-                for r in 0..8 {
-                    acc[2 * r + v] = bias;
+            for row in acc.chunks_exact_mut(2) {
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
                 }
             }
             let lda = tile.k * 4;
@@ -1259,10 +1257,9 @@ mod whole_tile {
         // named registers.
         unsafe {
             let mut acc = [_mm512_setzero_ps(); 24];
-            for v in 0..3 {
-                let bias = _mm512_loadu_ps(tile.bias.add(16 * v));
-                for r in 0..8 {
-                    acc[3 * r + v] = bias;
+            for row in acc.chunks_exact_mut(3) {
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
                 }
             }
             let lda = tile.k * 4;
