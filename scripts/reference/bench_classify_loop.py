@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""One photo at a time, decode to top-5, side by side in one run: our classifier over HTTP
+(each photo POSTed as it is, the answer read back) against the same loop in Python with
+Pillow and ONNX Runtime (open, convert to RGB, resize and crop as the weights' config says,
+normalise, run, softmax, top-5), on the same weights and photos, the same thread count.
+
+    python scripts/make_random_mobilenetv2.py /tmp/mnv2-224
+    cargo build --release -p classifier
+    python scripts/reference/bench_classify_loop.py /tmp/mnv2-224 ../shared/data/flowers5 [--photos 60] [--rounds 3]
+
+The engines take turns over the rounds (the machine's speed drifts); the ratio that matters
+is taken within each round. Prints figures, asserts nothing.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_classifier(model_dir, threads):
+    port = free_port()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    process = subprocess.Popen(
+        [str(ROOT / "target/release/classifier"), "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    kernels = "?"
+    for line in process.stdout:
+        fields = json.loads(line).get("fields", {})
+        if fields.get("message") == "cpu kernels":
+            kernels = fields["kernels"]
+        if fields.get("message") == "ready":
+            # The service logs every request: keep its pipe drained, or it stops writing.
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+            return process, f"http://127.0.0.1:{port}", kernels
+    raise SystemExit("the classifier did not start")
+
+
+def ours(base, photos):
+    def run():
+        for photo in photos:
+            request = urllib.request.Request(f"{base}/v1/classify?top_k=5", data=photo,
+                                             headers={"Content-Type": "application/octet-stream"})
+            with urllib.request.urlopen(request) as answer:
+                json.load(answer)
+    return run
+
+
+def onnx_runtime_with_pillow(model_dir, photos, threads):
+    import io
+
+    import onnxruntime
+    from PIL import Image
+
+    config = json.loads((model_dir / "config.json").read_text())["pretrained_cfg"]
+    size = config["input_size"][-1]
+    resize = int(size / config.get("crop_pct", 0.875))
+    mean = np.array(config["mean"], dtype=np.float32).reshape(3, 1, 1)
+    std = np.array(config["std"], dtype=np.float32).reshape(3, 1, 1)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run():
+        for photo in photos:
+            image = Image.open(io.BytesIO(photo)).convert("RGB")
+            w, h = image.size
+            scale = resize / min(w, h)
+            image = image.resize((round(w * scale), round(h * scale)), Image.BICUBIC)
+            w, h = image.size
+            left, top = (w - size) // 2, (h - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+            x = (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0 - mean) / std
+            logits = session.run(None, {name: x[None]})[0][0]
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            np.argsort(-p)[:5]
+    return run
+
+
+def median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", type=pathlib.Path)
+    parser.add_argument("photos", type=pathlib.Path, help="a folder of photos (searched recursively)")
+    parser.add_argument("--photos", dest="count", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    files = sorted(p for p in args.photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.count]
+    if not files:
+        sys.exit(f"no photos under {args.photos}")
+    photos = [p.read_bytes() for p in files]
+    process, base, kernels = start_classifier(args.model_dir, args.threads)
+    try:
+        engines = {
+            f"classifier over HTTP (ours, {kernels})": ours(base, photos),
+            "Pillow + ONNX Runtime in Python": onnx_runtime_with_pillow(args.model_dir, photos, args.threads),
+        }
+        for run in engines.values():
+            run()
+        rounds = {name: [] for name in engines}
+        for _ in range(args.rounds):
+            for name, run in engines.items():
+                start = time.perf_counter()
+                run()
+                rounds[name].append(len(photos) / (time.perf_counter() - start))
+    finally:
+        process.terminate()
+        process.wait()
+    print(f"MobileNetV2 {args.model_dir.name}, {len(photos)} photos one at a time, {args.threads} threads, "
+          f"{args.rounds} rounds, medians")
+    for name, rates in rounds.items():
+        print(f"{name:<48} {median(rates):8.1f} photos/s")
+    names = list(engines)
+    ratios = [o / r for o, r in zip(rounds[names[0]], rounds[names[1]])]
+    print(f"ours / Pillow + ONNX Runtime, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
+          f"(median {median(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    main()
