@@ -575,6 +575,29 @@ impl<W: Weight> Kernel for Task<'_, W> {
             }
             Source::RowMajor(..) => vec![W::default(); k * panel],
         };
+        let mut panels = panels;
+        // A lone row (a decode step) over packed weights: four whole panels at a time.
+        if let (Source::Packed(w), 1) = (source, rows.len()) {
+            let whole = panels.start..panels.end.min(n / panel);
+            let groups = whole.len() / ROW_STREAMS;
+            for g in 0..groups {
+                let first = whole.start + g * ROW_STREAMS;
+                // SAFETY: the level's instructions; panels `first..first + ROW_STREAMS` are
+                // whole, and this task writes their columns of its row.
+                unsafe {
+                    one_row::<V, W>(
+                        w,
+                        &a[rows.start * k..][..k],
+                        first,
+                        activation,
+                        residual,
+                        rows.start,
+                        out,
+                    )
+                };
+            }
+            panels.start = whole.start + groups * ROW_STREAMS;
+        }
         for p in panels.clone() {
             let first = p * panel;
             let columns = panel.min(n - first);
@@ -631,6 +654,61 @@ impl<W: Weight> Kernel for Task<'_, W> {
     }
 }
 
+/// Whole panels a lone row reads at once: four far-apart streams of weights, which the
+/// hardware prefetchers serve faster than one, and four panels' sums to hide the multiply-add
+/// latency that a lone row's three sums would wait on.
+const ROW_STREAMS: usize = 4;
+
+/// Row `row` of the output for activations `x` (its one row) against whole packed panels
+/// `first..first + ROW_STREAMS`.
+///
+/// # Safety
+/// The CPU must have `V`'s instructions; `w` must be packed for `V`'s level and the panels
+/// whole; no other task may write these columns of the row.
+#[inline(always)]
+unsafe fn one_row<V: F32x, W: Weight>(
+    w: &Weights<W>,
+    x: &[f32],
+    first: usize,
+    activation: Activation,
+    residual: Option<&[f32]>,
+    row: usize,
+    out: Output,
+) {
+    let (k, n, panel) = (w.inputs, w.outputs, w.panel);
+    let nv = panel_vectors(V::LANES);
+    let mut acc = [[V::zero(); 3]; ROW_STREAMS];
+    // SAFETY: the caller's level; every panel read is within panel `first + s` (k rows of
+    // `panel` weights, `nv` vectors each), every bias and output vector within its columns.
+    unsafe {
+        let mut streams = [w.panels.as_ptr(); ROW_STREAMS];
+        for (s, (sums, stream)) in acc.iter_mut().zip(streams.iter_mut()).enumerate() {
+            *stream = w.panels.as_ptr().add((first + s) * k * panel);
+            for (v, sum) in sums[..nv].iter_mut().enumerate() {
+                *sum = V::load(w.bias.as_ptr().add((first + s) * panel + v * V::LANES));
+            }
+        }
+        for (kk, &value) in x.iter().enumerate() {
+            let xv = V::splat(value);
+            for (sums, stream) in acc.iter_mut().zip(&streams) {
+                for (v, sum) in sums[..nv].iter_mut().enumerate() {
+                    *sum = xv.mul_add(W::load::<V>(stream.add(kk * panel + v * V::LANES)), *sum);
+                }
+            }
+        }
+        for (s, sums) in acc.iter().enumerate() {
+            for (v, &sum) in sums[..nv].iter().enumerate() {
+                let column = (first + s) * panel + v * V::LANES;
+                let mut value = activation.apply_lanes(sum);
+                if let Some(residual) = residual {
+                    value = value.add(V::load(residual.as_ptr().add(row * n + column)));
+                }
+                value.store(out.0.add(row * n + column));
+            }
+        }
+    }
+}
+
 /// One micro-tile: up to a tile's rows of `a` times one panel.
 struct Tile<W> {
     /// The tile's first activation row; rows are `k` apart.
@@ -680,15 +758,18 @@ impl<W: Weight> Tile<W> {
         }
         debug_assert!(self.rows >= 1 && self.rows <= tile_rows(V::LANES));
         #[cfg(target_arch = "x86_64")]
-        if V::LANES == 16 && W::IS_F32 && self.rows == 8 && self.k > 0 {
+        if V::LANES == 16 && self.rows == 8 && self.k > 0 {
             // SAFETY: sixteen lanes are AVX-512's (the only such level), so the CPU has it;
-            // `W` is f32; panels are 48 columns wide, zero past the matrix; the rest is the
-            // caller's.
+            // the weights are f32 or bf16 as `IS_F32` says; panels are 48 columns wide, zero
+            // past the matrix; the rest is the caller's.
             unsafe {
-                match self.columns {
-                    33.. => whole_tile::avx512_8x48(self.cast_f32(), out),
-                    17..=32 => whole_tile::avx512_8x32(self.cast_f32(), out),
-                    _ => whole_tile::avx512_8x16(self.cast_f32(), out),
+                match (W::IS_F32, self.columns) {
+                    (true, 33..) => whole_tile::avx512_8x48(self, out),
+                    (true, 17..=32) => whole_tile::avx512_8x32(self, out),
+                    (true, _) => whole_tile::avx512_8x16(self, out),
+                    (false, 33..) => whole_tile::avx512_8x48_bf16(self, out),
+                    (false, 17..=32) => whole_tile::avx512_8x32_bf16(self, out),
+                    (false, _) => whole_tile::avx512_8x16_bf16(self, out),
                 }
             }
             return;
@@ -742,27 +823,6 @@ impl<W: Weight> Tile<W> {
                     value.store_part(out.add(at), columns);
                 }
             }
-        }
-    }
-}
-
-impl<W: Weight> Tile<W> {
-    /// The same tile with its weights typed as f32 (for `W` = f32 only).
-    #[cfg(target_arch = "x86_64")]
-    fn cast_f32(&self) -> Tile<f32> {
-        debug_assert!(W::IS_F32);
-        Tile {
-            a: self.a,
-            k: self.k,
-            rows: self.rows,
-            panel: self.panel.cast(),
-            bias: self.bias,
-            columns: self.columns,
-            activation: self.activation,
-            residual: self.residual,
-            n: self.n,
-            prefetch: self.prefetch,
-            prefetch_step: self.prefetch_step,
         }
     }
 }
@@ -1082,7 +1142,7 @@ mod whole_tile {
     /// The CPU must have AVX-512 F; `tile`'s pointers must cover its reads and `out` its
     /// writes (8 rows `tile.n` apart, `tile.columns` each).
     #[inline(always)]
-    unsafe fn finish(tile: &Tile<f32>, acc: &[__m512], nv: usize, out: *mut f32) {
+    unsafe fn finish<W>(tile: &Tile<W>, acc: &[__m512], nv: usize, out: *mut f32) {
         // SAFETY: the caller's.
         unsafe {
             for r in 0..8 {
@@ -1099,13 +1159,13 @@ mod whole_tile {
         }
     }
 
-    /// The 8-row tile of 1 vector (16 columns, the last partial where the panel ends).
+    /// The 8-row tile of 1 vector (16 columns, the last partial where the panel ends), f32 weights.
     ///
     /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 16 or more columns wide (zero-padded)
-    /// and 8 rows.
+    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
+    /// f32, and 8 rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x16(tile: Tile<f32>, out: *mut f32) {
+    pub unsafe fn avx512_8x16<W>(tile: &Tile<W>, out: *mut f32) {
         // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
         // `k` activations and `k` rows of the panel's first 16 weights, and writes only the
         // named registers.
@@ -1148,7 +1208,7 @@ mod whole_tile {
                 b = inout(reg) tile.a.add(4 * tile.k) => _,
                 lda = in(reg) lda,
                 lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel => _,
+                w = inout(reg) tile.panel.cast::<u8>() => _,
                 k = inout(reg) tile.k => _,
                 pf = inout(reg) tile.prefetch => _,
                 pfs = in(reg) tile.prefetch_step,
@@ -1158,17 +1218,17 @@ mod whole_tile {
                 out("zmm24") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
                 options(nostack, readonly),
             );
-            finish(&tile, &[a0, a1, a2, a3, a4, a5, a6, a7], 1, out);
+            finish(tile, &[a0, a1, a2, a3, a4, a5, a6, a7], 1, out);
         }
     }
 
-    /// The 8-row tile of 2 vectors (32 columns, the last partial where the panel ends).
+    /// The 8-row tile of 2 vectors (32 columns, the last partial where the panel ends), f32 weights.
     ///
     /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 32 or more columns wide (zero-padded)
-    /// and 8 rows.
+    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
+    /// f32, and 8 rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x32(tile: Tile<f32>, out: *mut f32) {
+    pub unsafe fn avx512_8x32<W>(tile: &Tile<W>, out: *mut f32) {
         // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
         // `k` activations and `k` rows of the panel's first 32 weights, and writes only the
         // named registers.
@@ -1221,7 +1281,7 @@ mod whole_tile {
                 b = inout(reg) tile.a.add(4 * tile.k) => _,
                 lda = in(reg) lda,
                 lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel => _,
+                w = inout(reg) tile.panel.cast::<u8>() => _,
                 k = inout(reg) tile.k => _,
                 pf = inout(reg) tile.prefetch => _,
                 pfs = in(reg) tile.prefetch_step,
@@ -1235,7 +1295,7 @@ mod whole_tile {
                 options(nostack, readonly),
             );
             finish(
-                &tile,
+                tile,
                 &[
                     a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
                 ],
@@ -1245,13 +1305,13 @@ mod whole_tile {
         }
     }
 
-    /// The 8-row tile of 3 vectors (48 columns, the last partial where the panel ends).
+    /// The 8-row tile of 3 vectors (48 columns, the last partial where the panel ends), f32 weights.
     ///
     /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 48 or more columns wide (zero-padded)
-    /// and 8 rows.
+    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
+    /// f32, and 8 rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x48(tile: Tile<f32>, out: *mut f32) {
+    pub unsafe fn avx512_8x48<W>(tile: &Tile<W>, out: *mut f32) {
         // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
         // `k` activations and `k` rows of the panel's first 48 weights, and writes only the
         // named registers.
@@ -1313,7 +1373,7 @@ mod whole_tile {
                 b = inout(reg) tile.a.add(4 * tile.k) => _,
                 lda = in(reg) lda,
                 lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel => _,
+                w = inout(reg) tile.panel.cast::<u8>() => _,
                 k = inout(reg) tile.k => _,
                 pf = inout(reg) tile.prefetch => _,
                 pfs = in(reg) tile.prefetch_step,
@@ -1329,7 +1389,254 @@ mod whole_tile {
                 options(nostack, readonly),
             );
             finish(
-                &tile,
+                tile,
+                &[
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
+                    a20, a21, a22, a23,
+                ],
+                3,
+                out,
+            );
+        }
+    }
+
+    /// The 8-row tile of 1 vector (16 columns, the last partial where the panel ends), bf16 weights (widened as they are loaded).
+    ///
+    /// # Safety
+    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
+    /// bf16, and 8 rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    pub unsafe fn avx512_8x16_bf16<W>(tile: &Tile<W>, out: *mut f32) {
+        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
+        // `k` activations and `k` rows of the panel's first 16 weights, and writes only the
+        // named registers.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for row in acc.chunks_exact_mut(1) {
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
+                }
+            }
+            let lda = tile.k * 4;
+            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = acc;
+            asm!(
+                "2:",
+                "prefetcht1 [{pf}]",
+                "add {pf}, {pfs}",
+                "vpmovzxwd zmm24, [{w}]",
+                "vpslld zmm24, zmm24, 16",
+                "vbroadcastss zmm27, dword ptr [{a}]",
+                "vfmadd231ps {a0}, zmm24, zmm27",
+                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
+                "vfmadd231ps {a1}, zmm24, zmm28",
+                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
+                "vfmadd231ps {a2}, zmm24, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
+                "vfmadd231ps {a3}, zmm24, zmm30",
+                "vbroadcastss zmm31, dword ptr [{b}]",
+                "vfmadd231ps {a4}, zmm24, zmm31",
+                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
+                "vfmadd231ps {a5}, zmm24, zmm27",
+                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
+                "vfmadd231ps {a6}, zmm24, zmm28",
+                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
+                "vfmadd231ps {a7}, zmm24, zmm29",
+                "add {a}, 4",
+                "add {b}, 4",
+                "add {w}, 96",
+                "dec {k}",
+                "jnz 2b",
+                a = inout(reg) tile.a => _,
+                b = inout(reg) tile.a.add(4 * tile.k) => _,
+                lda = in(reg) lda,
+                lda3 = in(reg) 3 * lda,
+                w = inout(reg) tile.panel.cast::<u8>() => _,
+                k = inout(reg) tile.k => _,
+                pf = inout(reg) tile.prefetch => _,
+                pfs = in(reg) tile.prefetch_step,
+                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
+                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
+                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7,
+                out("zmm24") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack, readonly),
+            );
+            finish(tile, &[a0, a1, a2, a3, a4, a5, a6, a7], 1, out);
+        }
+    }
+
+    /// The 8-row tile of 2 vectors (32 columns, the last partial where the panel ends), bf16 weights (widened as they are loaded).
+    ///
+    /// # Safety
+    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
+    /// bf16, and 8 rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    pub unsafe fn avx512_8x32_bf16<W>(tile: &Tile<W>, out: *mut f32) {
+        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
+        // `k` activations and `k` rows of the panel's first 32 weights, and writes only the
+        // named registers.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for row in acc.chunks_exact_mut(2) {
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
+                }
+            }
+            let lda = tile.k * 4;
+            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15] =
+                acc;
+            asm!(
+                "2:",
+                "prefetcht1 [{pf}]",
+                "add {pf}, {pfs}",
+                "vpmovzxwd zmm24, [{w}]",
+                "vpslld zmm24, zmm24, 16",
+                "vpmovzxwd zmm25, [{w} + 32]",
+                "vpslld zmm25, zmm25, 16",
+                "vbroadcastss zmm27, dword ptr [{a}]",
+                "vfmadd231ps {a0}, zmm24, zmm27",
+                "vfmadd231ps {a1}, zmm25, zmm27",
+                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
+                "vfmadd231ps {a2}, zmm24, zmm28",
+                "vfmadd231ps {a3}, zmm25, zmm28",
+                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
+                "vfmadd231ps {a4}, zmm24, zmm29",
+                "vfmadd231ps {a5}, zmm25, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
+                "vfmadd231ps {a6}, zmm24, zmm30",
+                "vfmadd231ps {a7}, zmm25, zmm30",
+                "vbroadcastss zmm31, dword ptr [{b}]",
+                "vfmadd231ps {a8}, zmm24, zmm31",
+                "vfmadd231ps {a9}, zmm25, zmm31",
+                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
+                "vfmadd231ps {a10}, zmm24, zmm27",
+                "vfmadd231ps {a11}, zmm25, zmm27",
+                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
+                "vfmadd231ps {a12}, zmm24, zmm28",
+                "vfmadd231ps {a13}, zmm25, zmm28",
+                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
+                "vfmadd231ps {a14}, zmm24, zmm29",
+                "vfmadd231ps {a15}, zmm25, zmm29",
+                "add {a}, 4",
+                "add {b}, 4",
+                "add {w}, 96",
+                "dec {k}",
+                "jnz 2b",
+                a = inout(reg) tile.a => _,
+                b = inout(reg) tile.a.add(4 * tile.k) => _,
+                lda = in(reg) lda,
+                lda3 = in(reg) 3 * lda,
+                w = inout(reg) tile.panel.cast::<u8>() => _,
+                k = inout(reg) tile.k => _,
+                pf = inout(reg) tile.prefetch => _,
+                pfs = in(reg) tile.prefetch_step,
+                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
+                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
+                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
+                a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
+                a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
+                a15 = inout(zmm_reg) a15,
+                out("zmm24") _, out("zmm25") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack, readonly),
+            );
+            finish(
+                tile,
+                &[
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+                ],
+                2,
+                out,
+            );
+        }
+    }
+
+    /// The 8-row tile of 3 vectors (48 columns, the last partial where the panel ends), bf16 weights (widened as they are loaded).
+    ///
+    /// # Safety
+    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
+    /// bf16, and 8 rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    pub unsafe fn avx512_8x48_bf16<W>(tile: &Tile<W>, out: *mut f32) {
+        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
+        // `k` activations and `k` rows of the panel's first 48 weights, and writes only the
+        // named registers.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 24];
+            for row in acc.chunks_exact_mut(3) {
+                for (v, sum) in row.iter_mut().enumerate() {
+                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
+                }
+            }
+            let lda = tile.k * 4;
+            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15, mut a16, mut a17, mut a18, mut a19, mut a20, mut a21, mut a22, mut a23] =
+                acc;
+            asm!(
+                "2:",
+                "prefetcht1 [{pf}]",
+                "add {pf}, {pfs}",
+                "vpmovzxwd zmm24, [{w}]",
+                "vpslld zmm24, zmm24, 16",
+                "vpmovzxwd zmm25, [{w} + 32]",
+                "vpslld zmm25, zmm25, 16",
+                "vpmovzxwd zmm26, [{w} + 64]",
+                "vpslld zmm26, zmm26, 16",
+                "vbroadcastss zmm27, dword ptr [{a}]",
+                "vfmadd231ps {a0}, zmm24, zmm27",
+                "vfmadd231ps {a1}, zmm25, zmm27",
+                "vfmadd231ps {a2}, zmm26, zmm27",
+                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
+                "vfmadd231ps {a3}, zmm24, zmm28",
+                "vfmadd231ps {a4}, zmm25, zmm28",
+                "vfmadd231ps {a5}, zmm26, zmm28",
+                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
+                "vfmadd231ps {a6}, zmm24, zmm29",
+                "vfmadd231ps {a7}, zmm25, zmm29",
+                "vfmadd231ps {a8}, zmm26, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
+                "vfmadd231ps {a9}, zmm24, zmm30",
+                "vfmadd231ps {a10}, zmm25, zmm30",
+                "vfmadd231ps {a11}, zmm26, zmm30",
+                "vbroadcastss zmm31, dword ptr [{b}]",
+                "vfmadd231ps {a12}, zmm24, zmm31",
+                "vfmadd231ps {a13}, zmm25, zmm31",
+                "vfmadd231ps {a14}, zmm26, zmm31",
+                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
+                "vfmadd231ps {a15}, zmm24, zmm27",
+                "vfmadd231ps {a16}, zmm25, zmm27",
+                "vfmadd231ps {a17}, zmm26, zmm27",
+                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
+                "vfmadd231ps {a18}, zmm24, zmm28",
+                "vfmadd231ps {a19}, zmm25, zmm28",
+                "vfmadd231ps {a20}, zmm26, zmm28",
+                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
+                "vfmadd231ps {a21}, zmm24, zmm29",
+                "vfmadd231ps {a22}, zmm25, zmm29",
+                "vfmadd231ps {a23}, zmm26, zmm29",
+                "add {a}, 4",
+                "add {b}, 4",
+                "add {w}, 96",
+                "dec {k}",
+                "jnz 2b",
+                a = inout(reg) tile.a => _,
+                b = inout(reg) tile.a.add(4 * tile.k) => _,
+                lda = in(reg) lda,
+                lda3 = in(reg) 3 * lda,
+                w = inout(reg) tile.panel.cast::<u8>() => _,
+                k = inout(reg) tile.k => _,
+                pf = inout(reg) tile.prefetch => _,
+                pfs = in(reg) tile.prefetch_step,
+                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
+                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
+                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
+                a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
+                a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
+                a15 = inout(zmm_reg) a15, a16 = inout(zmm_reg) a16, a17 = inout(zmm_reg) a17,
+                a18 = inout(zmm_reg) a18, a19 = inout(zmm_reg) a19, a20 = inout(zmm_reg) a20,
+                a21 = inout(zmm_reg) a21, a22 = inout(zmm_reg) a22, a23 = inout(zmm_reg) a23,
+                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack, readonly),
+            );
+            finish(
+                tile,
                 &[
                     a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
                     a20, a21, a22, a23,
@@ -1364,6 +1671,9 @@ mod tests {
                 (4, 12, 48),
                 (200, 96, 40),
                 (13, 33, 65),
+                // A lone row over groups of whole panels and the rest.
+                (1, 37, 480),
+                (1, 64, 1000),
             ]
             .iter()
             .enumerate()
