@@ -257,8 +257,12 @@ impl<W: Weight> Weights<W> {
         let panel = panel_vectors(level.lanes()) * level.lanes();
         let count = outputs.div_ceil(panel);
         let depth = if pairs { 2 * inputs.div_ceil(2) } else { inputs };
-        let mut panels = vec![W::default(); count * depth * panel];
-        crate::advise_huge_pages(&mut panels);
+        // Advised before the first write: `vec![bf16::default(); n]` writes every element (only
+        // std's own types are allocated already zeroed), which would leave small pages.
+        let len = count * depth * panel;
+        let mut panels: Vec<W> = Vec::with_capacity(len);
+        crate::advise_huge_pages(panels.spare_capacity_mut());
+        panels.resize(len, W::default());
         let mut padded = vec![0f32; count * panel];
         padded[..outputs].copy_from_slice(bias);
         Self {
