@@ -508,3 +508,29 @@ fn slow_requests_time_out_with_503() {
     assert_eq!(answer.retry_after.as_deref(), Some("1"));
     assert_eq!(get(&server.url("/health")).status, 200);
 }
+
+/// `CPU_KERNELS` picks a lower level, which the model card and `/metrics` name; a name that
+/// is no level stops the start with exit code 2 and says why.
+#[test]
+fn cpu_kernels_choose_the_level_or_stop_the_start() {
+    let model = common::tiny_model();
+    let server = Server::start(
+        BINARY,
+        &["--model", model.to_str().unwrap()],
+        &[("CPU_KERNELS", "portable")],
+    );
+    let card = get(&server.url("/v1/models")).json();
+    assert_eq!(card["data"][0]["kernels"], "portable", "{card}");
+    let metrics = get(&server.url("/metrics")).text;
+    assert!(metrics.contains("kernels=\"portable\""), "{metrics}");
+    drop(server);
+
+    let refused = std::process::Command::new(BINARY)
+        .args(["serve", "--port", "0", "--model", model.to_str().unwrap()])
+        .env("CPU_KERNELS", "sse9")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("CPU_KERNELS=\"sse9\" is not a level"), "{stderr}");
+}
