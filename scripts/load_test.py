@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import shutil
+from statistics import median
 import subprocess
 import sys
 import tempfile
@@ -97,12 +98,6 @@ def main():
         print(f"concurrency {concurrency} / concurrency {first}: {median(ratios):.2f}x the throughput"
               + (f" (median of the rounds: {listed})" if len(ratios) > 1 else ""))
     return 0
-
-
-def median(values):
-    values = sorted(values)
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import socket
+from statistics import median
 import subprocess
 import sys
 import threading
@@ -94,12 +95,6 @@ def onnx_runtime_with_pillow(model_dir, photos, threads):
             p /= p.sum()
             np.argsort(-p)[:5]
     return run
-
-
-def median(values):
-    values = sorted(values)
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def main():

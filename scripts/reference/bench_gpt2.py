@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import pathlib
+from statistics import median
 import subprocess
 import time
 
@@ -71,12 +72,6 @@ def transformers_runner(model_dir, prompt, tokens, threads):
         return prefill * 1e3, tokens / decode
 
     return bench
-
-
-def median(values):
-    values = sorted(values)
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def main():

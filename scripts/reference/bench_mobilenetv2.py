@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import pathlib
+from statistics import median
 import subprocess
 import time
 
@@ -77,11 +78,6 @@ def onnxruntime_runner(model_dir, threads, size):
         return {b: timed(lambda: session.run(None, {"images": inputs[b]}), seconds)[0] for b in batches}
 
     return bench
-
-
-def median(values):
-    values = sorted(values)
-    return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
 
 
 def main():

@@ -1163,492 +1163,157 @@ mod whole_tile {
         }
     }
 
-    /// The 8-row tile of 1 vector (16 columns, the last partial where the panel ends), f32 weights.
-    ///
-    /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
-    /// f32, and 8 rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x16<W>(tile: &Tile<W>, out: *mut f32) {
-        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
-        // `k` activations and `k` rows of the panel's first 16 weights, and writes only the
-        // named registers.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 8];
-            for row in acc.chunks_exact_mut(1) {
-                for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
+    /// One 8-row tile in assembly: `load` fills the weight registers (`zmm24`.. for the
+    /// `vectors` named in `weights`) from `[{w}]`, `weight_row_bytes` steps `{w}` to the next
+    /// input, and `rows` names each row's sums, one per weight register. The eight rows are
+    /// addressed from `{a}` (rows 0-3) and `{b}` (rows 4-7) with the stride `{lda}`, and
+    /// their broadcasts rotate through `zmm27`-`zmm31`.
+    macro_rules! tile_8_rows {
+        (
+            $(#[$attr:meta])*
+            $name:ident,
+            load: [$($load:literal),+ $(,)?],
+            weights: [$($w:literal),+],
+            weight_row_bytes: $step:literal,
+            rows: [$($r0:ident),+] [$($r1:ident),+] [$($r2:ident),+] [$($r3:ident),+]
+                  [$($r4:ident),+] [$($r5:ident),+] [$($r6:ident),+] [$($r7:ident),+] $(,)?
+        ) => {
+            $(#[$attr])*
+            ///
+            /// # Safety
+            /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
+            /// the weight type the loads read, and 8 rows.
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+            pub unsafe fn $name<W>(tile: &Tile<W>, out: *mut f32) {
+                const VECTORS: usize = [$($w),+].len();
+                // SAFETY: the caller's contract covers every access; the assembly reads the 8
+                // rows of `k` activations and `k` rows of the panel's first columns, and
+                // writes only the named registers.
+                unsafe {
+                    let mut acc = [_mm512_setzero_ps(); 8 * VECTORS];
+                    for row in acc.chunks_exact_mut(VECTORS) {
+                        for (v, sum) in row.iter_mut().enumerate() {
+                            *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
+                        }
+                    }
+                    let lda = tile.k * 4;
+                    let [$(mut $r0,)+ $(mut $r1,)+ $(mut $r2,)+ $(mut $r3,)+
+                         $(mut $r4,)+ $(mut $r5,)+ $(mut $r6,)+ $(mut $r7,)+] = acc;
+                    asm!(
+                        "2:",
+                        "prefetcht1 [{pf}]",
+                        "add {pf}, {pfs}",
+                        $($load,)+
+                        "vbroadcastss zmm27, dword ptr [{a}]",
+                        $(concat!("vfmadd231ps {", stringify!($r0), "}, ", $w, ", zmm27"),)+
+                        "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
+                        $(concat!("vfmadd231ps {", stringify!($r1), "}, ", $w, ", zmm28"),)+
+                        "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
+                        $(concat!("vfmadd231ps {", stringify!($r2), "}, ", $w, ", zmm29"),)+
+                        "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
+                        $(concat!("vfmadd231ps {", stringify!($r3), "}, ", $w, ", zmm30"),)+
+                        "vbroadcastss zmm31, dword ptr [{b}]",
+                        $(concat!("vfmadd231ps {", stringify!($r4), "}, ", $w, ", zmm31"),)+
+                        "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
+                        $(concat!("vfmadd231ps {", stringify!($r5), "}, ", $w, ", zmm27"),)+
+                        "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
+                        $(concat!("vfmadd231ps {", stringify!($r6), "}, ", $w, ", zmm28"),)+
+                        "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
+                        $(concat!("vfmadd231ps {", stringify!($r7), "}, ", $w, ", zmm29"),)+
+                        "add {a}, 4",
+                        "add {b}, 4",
+                        concat!("add {w}, ", $step),
+                        "dec {k}",
+                        "jnz 2b",
+                        a = inout(reg) tile.a => _,
+                        b = inout(reg) tile.a.add(4 * tile.k) => _,
+                        lda = in(reg) lda,
+                        lda3 = in(reg) 3 * lda,
+                        w = inout(reg) tile.panel.cast::<u8>() => _,
+                        k = inout(reg) tile.k => _,
+                        pf = inout(reg) tile.prefetch => _,
+                        pfs = in(reg) tile.prefetch_step,
+                        $($r0 = inout(zmm_reg) $r0,)+ $($r1 = inout(zmm_reg) $r1,)+
+                        $($r2 = inout(zmm_reg) $r2,)+ $($r3 = inout(zmm_reg) $r3,)+
+                        $($r4 = inout(zmm_reg) $r4,)+ $($r5 = inout(zmm_reg) $r5,)+
+                        $($r6 = inout(zmm_reg) $r6,)+ $($r7 = inout(zmm_reg) $r7,)+
+                        out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+                        out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                        options(nostack, readonly),
+                    );
+                    finish(
+                        tile,
+                        &[$($r0,)+ $($r1,)+ $($r2,)+ $($r3,)+ $($r4,)+ $($r5,)+ $($r6,)+ $($r7,)+],
+                        VECTORS,
+                        out,
+                    );
                 }
             }
-            let lda = tile.k * 4;
-            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = acc;
-            asm!(
-                "2:",
-                "prefetcht1 [{pf}]",
-                "add {pf}, {pfs}",
-                "vmovups zmm24, [{w}]",
-                "vbroadcastss zmm27, dword ptr [{a}]",
-                "vfmadd231ps {a0}, zmm24, zmm27",
-                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
-                "vfmadd231ps {a1}, zmm24, zmm28",
-                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
-                "vfmadd231ps {a2}, zmm24, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
-                "vfmadd231ps {a3}, zmm24, zmm30",
-                "vbroadcastss zmm31, dword ptr [{b}]",
-                "vfmadd231ps {a4}, zmm24, zmm31",
-                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
-                "vfmadd231ps {a5}, zmm24, zmm27",
-                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
-                "vfmadd231ps {a6}, zmm24, zmm28",
-                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
-                "vfmadd231ps {a7}, zmm24, zmm29",
-                "add {a}, 4",
-                "add {b}, 4",
-                "add {w}, 192",
-                "dec {k}",
-                "jnz 2b",
-                a = inout(reg) tile.a => _,
-                b = inout(reg) tile.a.add(4 * tile.k) => _,
-                lda = in(reg) lda,
-                lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel.cast::<u8>() => _,
-                k = inout(reg) tile.k => _,
-                pf = inout(reg) tile.prefetch => _,
-                pfs = in(reg) tile.prefetch_step,
-                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
-                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
-                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7,
-                out("zmm24") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                options(nostack, readonly),
-            );
-            finish(tile, &[a0, a1, a2, a3, a4, a5, a6, a7], 1, out);
-        }
+        };
     }
 
-    /// The 8-row tile of 2 vectors (32 columns, the last partial where the panel ends), f32 weights.
-    ///
-    /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
-    /// f32, and 8 rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x32<W>(tile: &Tile<W>, out: *mut f32) {
-        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
-        // `k` activations and `k` rows of the panel's first 32 weights, and writes only the
-        // named registers.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 16];
-            for row in acc.chunks_exact_mut(2) {
-                for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
-                }
-            }
-            let lda = tile.k * 4;
-            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15] =
-                acc;
-            asm!(
-                "2:",
-                "prefetcht1 [{pf}]",
-                "add {pf}, {pfs}",
-                "vmovups zmm24, [{w}]",
-                "vmovups zmm25, [{w} + 64]",
-                "vbroadcastss zmm27, dword ptr [{a}]",
-                "vfmadd231ps {a0}, zmm24, zmm27",
-                "vfmadd231ps {a1}, zmm25, zmm27",
-                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
-                "vfmadd231ps {a2}, zmm24, zmm28",
-                "vfmadd231ps {a3}, zmm25, zmm28",
-                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
-                "vfmadd231ps {a4}, zmm24, zmm29",
-                "vfmadd231ps {a5}, zmm25, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
-                "vfmadd231ps {a6}, zmm24, zmm30",
-                "vfmadd231ps {a7}, zmm25, zmm30",
-                "vbroadcastss zmm31, dword ptr [{b}]",
-                "vfmadd231ps {a8}, zmm24, zmm31",
-                "vfmadd231ps {a9}, zmm25, zmm31",
-                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
-                "vfmadd231ps {a10}, zmm24, zmm27",
-                "vfmadd231ps {a11}, zmm25, zmm27",
-                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
-                "vfmadd231ps {a12}, zmm24, zmm28",
-                "vfmadd231ps {a13}, zmm25, zmm28",
-                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
-                "vfmadd231ps {a14}, zmm24, zmm29",
-                "vfmadd231ps {a15}, zmm25, zmm29",
-                "add {a}, 4",
-                "add {b}, 4",
-                "add {w}, 192",
-                "dec {k}",
-                "jnz 2b",
-                a = inout(reg) tile.a => _,
-                b = inout(reg) tile.a.add(4 * tile.k) => _,
-                lda = in(reg) lda,
-                lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel.cast::<u8>() => _,
-                k = inout(reg) tile.k => _,
-                pf = inout(reg) tile.prefetch => _,
-                pfs = in(reg) tile.prefetch_step,
-                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
-                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
-                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
-                a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
-                a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
-                a15 = inout(zmm_reg) a15,
-                out("zmm24") _, out("zmm25") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                options(nostack, readonly),
-            );
-            finish(
-                tile,
-                &[
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-                ],
-                2,
-                out,
-            );
-        }
+    tile_8_rows! {
+        /// The 8-row tile of 1 vector (16 columns, the last partial where the panel ends), f32 weights.
+        avx512_8x16,
+        load: ["vmovups zmm24, [{w}]"],
+        weights: ["zmm24"],
+        weight_row_bytes: "192",
+        rows: [a0] [a1] [a2] [a3] [a4] [a5] [a6] [a7],
     }
 
-    /// The 8-row tile of 3 vectors (48 columns, the last partial where the panel ends), f32 weights.
-    ///
-    /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
-    /// f32, and 8 rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x48<W>(tile: &Tile<W>, out: *mut f32) {
-        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
-        // `k` activations and `k` rows of the panel's first 48 weights, and writes only the
-        // named registers.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 24];
-            for row in acc.chunks_exact_mut(3) {
-                for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
-                }
-            }
-            let lda = tile.k * 4;
-            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15, mut a16, mut a17, mut a18, mut a19, mut a20, mut a21, mut a22, mut a23] =
-                acc;
-            asm!(
-                "2:",
-                "prefetcht1 [{pf}]",
-                "add {pf}, {pfs}",
-                "vmovups zmm24, [{w}]",
-                "vmovups zmm25, [{w} + 64]",
-                "vmovups zmm26, [{w} + 128]",
-                "vbroadcastss zmm27, dword ptr [{a}]",
-                "vfmadd231ps {a0}, zmm24, zmm27",
-                "vfmadd231ps {a1}, zmm25, zmm27",
-                "vfmadd231ps {a2}, zmm26, zmm27",
-                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
-                "vfmadd231ps {a3}, zmm24, zmm28",
-                "vfmadd231ps {a4}, zmm25, zmm28",
-                "vfmadd231ps {a5}, zmm26, zmm28",
-                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
-                "vfmadd231ps {a6}, zmm24, zmm29",
-                "vfmadd231ps {a7}, zmm25, zmm29",
-                "vfmadd231ps {a8}, zmm26, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
-                "vfmadd231ps {a9}, zmm24, zmm30",
-                "vfmadd231ps {a10}, zmm25, zmm30",
-                "vfmadd231ps {a11}, zmm26, zmm30",
-                "vbroadcastss zmm31, dword ptr [{b}]",
-                "vfmadd231ps {a12}, zmm24, zmm31",
-                "vfmadd231ps {a13}, zmm25, zmm31",
-                "vfmadd231ps {a14}, zmm26, zmm31",
-                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
-                "vfmadd231ps {a15}, zmm24, zmm27",
-                "vfmadd231ps {a16}, zmm25, zmm27",
-                "vfmadd231ps {a17}, zmm26, zmm27",
-                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
-                "vfmadd231ps {a18}, zmm24, zmm28",
-                "vfmadd231ps {a19}, zmm25, zmm28",
-                "vfmadd231ps {a20}, zmm26, zmm28",
-                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
-                "vfmadd231ps {a21}, zmm24, zmm29",
-                "vfmadd231ps {a22}, zmm25, zmm29",
-                "vfmadd231ps {a23}, zmm26, zmm29",
-                "add {a}, 4",
-                "add {b}, 4",
-                "add {w}, 192",
-                "dec {k}",
-                "jnz 2b",
-                a = inout(reg) tile.a => _,
-                b = inout(reg) tile.a.add(4 * tile.k) => _,
-                lda = in(reg) lda,
-                lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel.cast::<u8>() => _,
-                k = inout(reg) tile.k => _,
-                pf = inout(reg) tile.prefetch => _,
-                pfs = in(reg) tile.prefetch_step,
-                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
-                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
-                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
-                a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
-                a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
-                a15 = inout(zmm_reg) a15, a16 = inout(zmm_reg) a16, a17 = inout(zmm_reg) a17,
-                a18 = inout(zmm_reg) a18, a19 = inout(zmm_reg) a19, a20 = inout(zmm_reg) a20,
-                a21 = inout(zmm_reg) a21, a22 = inout(zmm_reg) a22, a23 = inout(zmm_reg) a23,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                options(nostack, readonly),
-            );
-            finish(
-                tile,
-                &[
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
-                    a20, a21, a22, a23,
-                ],
-                3,
-                out,
-            );
-        }
+    tile_8_rows! {
+        /// The 8-row tile of 2 vectors (32 columns, the last partial where the panel ends), f32 weights.
+        avx512_8x32,
+        load: ["vmovups zmm24, [{w}]", "vmovups zmm25, [{w} + 64]"],
+        weights: ["zmm24", "zmm25"],
+        weight_row_bytes: "192",
+        rows: [a0, a1] [a2, a3] [a4, a5] [a6, a7] [a8, a9] [a10, a11] [a12, a13] [a14, a15],
     }
 
-    /// The 8-row tile of 1 vector (16 columns, the last partial where the panel ends), bf16 weights (widened as they are loaded).
-    ///
-    /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
-    /// bf16, and 8 rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x16_bf16<W>(tile: &Tile<W>, out: *mut f32) {
-        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
-        // `k` activations and `k` rows of the panel's first 16 weights, and writes only the
-        // named registers.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 8];
-            for row in acc.chunks_exact_mut(1) {
-                for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
-                }
-            }
-            let lda = tile.k * 4;
-            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = acc;
-            asm!(
-                "2:",
-                "prefetcht1 [{pf}]",
-                "add {pf}, {pfs}",
-                "vpmovzxwd zmm24, [{w}]",
-                "vpslld zmm24, zmm24, 16",
-                "vbroadcastss zmm27, dword ptr [{a}]",
-                "vfmadd231ps {a0}, zmm24, zmm27",
-                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
-                "vfmadd231ps {a1}, zmm24, zmm28",
-                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
-                "vfmadd231ps {a2}, zmm24, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
-                "vfmadd231ps {a3}, zmm24, zmm30",
-                "vbroadcastss zmm31, dword ptr [{b}]",
-                "vfmadd231ps {a4}, zmm24, zmm31",
-                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
-                "vfmadd231ps {a5}, zmm24, zmm27",
-                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
-                "vfmadd231ps {a6}, zmm24, zmm28",
-                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
-                "vfmadd231ps {a7}, zmm24, zmm29",
-                "add {a}, 4",
-                "add {b}, 4",
-                "add {w}, 96",
-                "dec {k}",
-                "jnz 2b",
-                a = inout(reg) tile.a => _,
-                b = inout(reg) tile.a.add(4 * tile.k) => _,
-                lda = in(reg) lda,
-                lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel.cast::<u8>() => _,
-                k = inout(reg) tile.k => _,
-                pf = inout(reg) tile.prefetch => _,
-                pfs = in(reg) tile.prefetch_step,
-                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
-                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
-                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7,
-                out("zmm24") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                options(nostack, readonly),
-            );
-            finish(tile, &[a0, a1, a2, a3, a4, a5, a6, a7], 1, out);
-        }
+    tile_8_rows! {
+        /// The 8-row tile of 3 vectors (48 columns, the last partial where the panel ends), f32 weights.
+        avx512_8x48,
+        load: ["vmovups zmm24, [{w}]", "vmovups zmm25, [{w} + 64]", "vmovups zmm26, [{w} + 128]"],
+        weights: ["zmm24", "zmm25", "zmm26"],
+        weight_row_bytes: "192",
+        rows: [a0, a1, a2] [a3, a4, a5] [a6, a7, a8] [a9, a10, a11]
+              [a12, a13, a14] [a15, a16, a17] [a18, a19, a20] [a21, a22, a23],
     }
 
-    /// The 8-row tile of 2 vectors (32 columns, the last partial where the panel ends), bf16 weights (widened as they are loaded).
-    ///
-    /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
-    /// bf16, and 8 rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x32_bf16<W>(tile: &Tile<W>, out: *mut f32) {
-        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
-        // `k` activations and `k` rows of the panel's first 32 weights, and writes only the
-        // named registers.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 16];
-            for row in acc.chunks_exact_mut(2) {
-                for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
-                }
-            }
-            let lda = tile.k * 4;
-            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15] =
-                acc;
-            asm!(
-                "2:",
-                "prefetcht1 [{pf}]",
-                "add {pf}, {pfs}",
-                "vpmovzxwd zmm24, [{w}]",
-                "vpslld zmm24, zmm24, 16",
-                "vpmovzxwd zmm25, [{w} + 32]",
-                "vpslld zmm25, zmm25, 16",
-                "vbroadcastss zmm27, dword ptr [{a}]",
-                "vfmadd231ps {a0}, zmm24, zmm27",
-                "vfmadd231ps {a1}, zmm25, zmm27",
-                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
-                "vfmadd231ps {a2}, zmm24, zmm28",
-                "vfmadd231ps {a3}, zmm25, zmm28",
-                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
-                "vfmadd231ps {a4}, zmm24, zmm29",
-                "vfmadd231ps {a5}, zmm25, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
-                "vfmadd231ps {a6}, zmm24, zmm30",
-                "vfmadd231ps {a7}, zmm25, zmm30",
-                "vbroadcastss zmm31, dword ptr [{b}]",
-                "vfmadd231ps {a8}, zmm24, zmm31",
-                "vfmadd231ps {a9}, zmm25, zmm31",
-                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
-                "vfmadd231ps {a10}, zmm24, zmm27",
-                "vfmadd231ps {a11}, zmm25, zmm27",
-                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
-                "vfmadd231ps {a12}, zmm24, zmm28",
-                "vfmadd231ps {a13}, zmm25, zmm28",
-                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
-                "vfmadd231ps {a14}, zmm24, zmm29",
-                "vfmadd231ps {a15}, zmm25, zmm29",
-                "add {a}, 4",
-                "add {b}, 4",
-                "add {w}, 96",
-                "dec {k}",
-                "jnz 2b",
-                a = inout(reg) tile.a => _,
-                b = inout(reg) tile.a.add(4 * tile.k) => _,
-                lda = in(reg) lda,
-                lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel.cast::<u8>() => _,
-                k = inout(reg) tile.k => _,
-                pf = inout(reg) tile.prefetch => _,
-                pfs = in(reg) tile.prefetch_step,
-                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
-                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
-                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
-                a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
-                a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
-                a15 = inout(zmm_reg) a15,
-                out("zmm24") _, out("zmm25") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                options(nostack, readonly),
-            );
-            finish(
-                tile,
-                &[
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-                ],
-                2,
-                out,
-            );
-        }
+    tile_8_rows! {
+        /// The 8-row tile of 1 vector, bf16 weights (widened as they are loaded: zero-extended
+        /// to 32 bits and shifted into the high half, which is the f32 of the same value).
+        avx512_8x16_bf16,
+        load: ["vpmovzxwd zmm24, [{w}]", "vpslld zmm24, zmm24, 16"],
+        weights: ["zmm24"],
+        weight_row_bytes: "96",
+        rows: [a0] [a1] [a2] [a3] [a4] [a5] [a6] [a7],
     }
 
-    /// The 8-row tile of 3 vectors (48 columns, the last partial where the panel ends), bf16 weights (widened as they are loaded).
-    ///
-    /// # Safety
-    /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
-    /// bf16, and 8 rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub unsafe fn avx512_8x48_bf16<W>(tile: &Tile<W>, out: *mut f32) {
-        // SAFETY: the caller's contract covers every access; the assembly reads the 8 rows of
-        // `k` activations and `k` rows of the panel's first 48 weights, and writes only the
-        // named registers.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 24];
-            for row in acc.chunks_exact_mut(3) {
-                for (v, sum) in row.iter_mut().enumerate() {
-                    *sum = _mm512_loadu_ps(tile.bias.add(16 * v));
-                }
-            }
-            let lda = tile.k * 4;
-            let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7, mut a8, mut a9, mut a10, mut a11, mut a12, mut a13, mut a14, mut a15, mut a16, mut a17, mut a18, mut a19, mut a20, mut a21, mut a22, mut a23] =
-                acc;
-            asm!(
-                "2:",
-                "prefetcht1 [{pf}]",
-                "add {pf}, {pfs}",
-                "vpmovzxwd zmm24, [{w}]",
-                "vpslld zmm24, zmm24, 16",
-                "vpmovzxwd zmm25, [{w} + 32]",
-                "vpslld zmm25, zmm25, 16",
-                "vpmovzxwd zmm26, [{w} + 64]",
-                "vpslld zmm26, zmm26, 16",
-                "vbroadcastss zmm27, dword ptr [{a}]",
-                "vfmadd231ps {a0}, zmm24, zmm27",
-                "vfmadd231ps {a1}, zmm25, zmm27",
-                "vfmadd231ps {a2}, zmm26, zmm27",
-                "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
-                "vfmadd231ps {a3}, zmm24, zmm28",
-                "vfmadd231ps {a4}, zmm25, zmm28",
-                "vfmadd231ps {a5}, zmm26, zmm28",
-                "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
-                "vfmadd231ps {a6}, zmm24, zmm29",
-                "vfmadd231ps {a7}, zmm25, zmm29",
-                "vfmadd231ps {a8}, zmm26, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
-                "vfmadd231ps {a9}, zmm24, zmm30",
-                "vfmadd231ps {a10}, zmm25, zmm30",
-                "vfmadd231ps {a11}, zmm26, zmm30",
-                "vbroadcastss zmm31, dword ptr [{b}]",
-                "vfmadd231ps {a12}, zmm24, zmm31",
-                "vfmadd231ps {a13}, zmm25, zmm31",
-                "vfmadd231ps {a14}, zmm26, zmm31",
-                "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
-                "vfmadd231ps {a15}, zmm24, zmm27",
-                "vfmadd231ps {a16}, zmm25, zmm27",
-                "vfmadd231ps {a17}, zmm26, zmm27",
-                "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
-                "vfmadd231ps {a18}, zmm24, zmm28",
-                "vfmadd231ps {a19}, zmm25, zmm28",
-                "vfmadd231ps {a20}, zmm26, zmm28",
-                "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
-                "vfmadd231ps {a21}, zmm24, zmm29",
-                "vfmadd231ps {a22}, zmm25, zmm29",
-                "vfmadd231ps {a23}, zmm26, zmm29",
-                "add {a}, 4",
-                "add {b}, 4",
-                "add {w}, 96",
-                "dec {k}",
-                "jnz 2b",
-                a = inout(reg) tile.a => _,
-                b = inout(reg) tile.a.add(4 * tile.k) => _,
-                lda = in(reg) lda,
-                lda3 = in(reg) 3 * lda,
-                w = inout(reg) tile.panel.cast::<u8>() => _,
-                k = inout(reg) tile.k => _,
-                pf = inout(reg) tile.prefetch => _,
-                pfs = in(reg) tile.prefetch_step,
-                a0 = inout(zmm_reg) a0, a1 = inout(zmm_reg) a1, a2 = inout(zmm_reg) a2,
-                a3 = inout(zmm_reg) a3, a4 = inout(zmm_reg) a4, a5 = inout(zmm_reg) a5,
-                a6 = inout(zmm_reg) a6, a7 = inout(zmm_reg) a7, a8 = inout(zmm_reg) a8,
-                a9 = inout(zmm_reg) a9, a10 = inout(zmm_reg) a10, a11 = inout(zmm_reg) a11,
-                a12 = inout(zmm_reg) a12, a13 = inout(zmm_reg) a13, a14 = inout(zmm_reg) a14,
-                a15 = inout(zmm_reg) a15, a16 = inout(zmm_reg) a16, a17 = inout(zmm_reg) a17,
-                a18 = inout(zmm_reg) a18, a19 = inout(zmm_reg) a19, a20 = inout(zmm_reg) a20,
-                a21 = inout(zmm_reg) a21, a22 = inout(zmm_reg) a22, a23 = inout(zmm_reg) a23,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                options(nostack, readonly),
-            );
-            finish(
-                tile,
-                &[
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
-                    a20, a21, a22, a23,
-                ],
-                3,
-                out,
-            );
-        }
+    tile_8_rows! {
+        /// The 8-row tile of 2 vectors, bf16 weights (widened as they are loaded).
+        avx512_8x32_bf16,
+        load: [
+            "vpmovzxwd zmm24, [{w}]", "vpslld zmm24, zmm24, 16",
+            "vpmovzxwd zmm25, [{w} + 32]", "vpslld zmm25, zmm25, 16",
+        ],
+        weights: ["zmm24", "zmm25"],
+        weight_row_bytes: "96",
+        rows: [a0, a1] [a2, a3] [a4, a5] [a6, a7] [a8, a9] [a10, a11] [a12, a13] [a14, a15],
+    }
+
+    tile_8_rows! {
+        /// The 8-row tile of 3 vectors, bf16 weights (widened as they are loaded).
+        avx512_8x48_bf16,
+        load: [
+            "vpmovzxwd zmm24, [{w}]", "vpslld zmm24, zmm24, 16",
+            "vpmovzxwd zmm25, [{w} + 32]", "vpslld zmm25, zmm25, 16",
+            "vpmovzxwd zmm26, [{w} + 64]", "vpslld zmm26, zmm26, 16",
+        ],
+        weights: ["zmm24", "zmm25", "zmm26"],
+        weight_row_bytes: "96",
+        rows: [a0, a1, a2] [a3, a4, a5] [a6, a7, a8] [a9, a10, a11]
+              [a12, a13, a14] [a15, a16, a17] [a18, a19, a20] [a21, a22, a23],
     }
 }
 

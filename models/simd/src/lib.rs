@@ -115,12 +115,8 @@ mod calibration {
                     *x = _mm512_dpbf16_ps(*x, one, one);
                 }
             }
-            let mut total = _mm512_setzero_ps();
-            for x in acc {
-                total = _mm512_add_ps(total, x);
-            }
-            _mm512_reduce_add_ps(total)
         }
+        total(acc)
     }
 
     #[target_feature(enable = "avx512f")]
@@ -132,11 +128,17 @@ mod calibration {
                 *x = _mm512_fmadd_ps(*x, a, b);
             }
         }
-        let mut total = _mm512_setzero_ps();
-        for x in acc {
-            total = _mm512_add_ps(total, x);
-        }
-        _mm512_reduce_add_ps(total)
+        total(acc)
+    }
+
+    /// The chains' sum, so that none of them is optimised away.
+    #[target_feature(enable = "avx512f")]
+    fn total(chains: [__m512; 12]) -> f32 {
+        _mm512_reduce_add_ps(
+            chains
+                .into_iter()
+                .fold(_mm512_setzero_ps(), |sum, x| _mm512_add_ps(sum, x)),
+        )
     }
 }
 

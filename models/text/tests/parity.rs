@@ -76,6 +76,15 @@ fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The logits at every position of a prompt read from an empty cache, and those at its last.
+fn prompt_logits(model: &Gpt2, prompt: &[u32]) -> (Tensor, Tensor) {
+    let logits = model
+        .logits(&model.forward(prompt, &mut KvCache::default()).unwrap())
+        .unwrap();
+    let last = logits.i(prompt.len() - 1).unwrap();
+    (logits, last)
+}
+
 fn assert_close(got: f32, want: f32, what: &str) {
     assert!((got - want).abs() < 1e-4, "{what}: {got} vs transformers {want}");
 }
@@ -88,10 +97,7 @@ fn bf16_weights_stay_close_to_transformers() {
         let mut worst = 0f32;
         for case in reference["prompts"].as_array().unwrap() {
             let prompt = tokens(&case["tokens"]);
-            let logits = model
-                .logits(&model.forward(&prompt, &mut KvCache::default()).unwrap())
-                .unwrap();
-            let last = logits.i(prompt.len() - 1).unwrap();
+            let (_, last) = prompt_logits(&model, &prompt);
             let want = floats(&case["last_logits_at_probe"]);
             let spread =
                 want.iter().fold(f32::MIN, |a, &b| a.max(b)) - want.iter().fold(f32::MAX, |a, &b| a.min(b));
@@ -141,10 +147,7 @@ fn logits_and_prompt_logprobs_match_transformers() {
     for (model, reference) in each_level(WeightPrecision::F32) {
         for case in reference["prompts"].as_array().unwrap() {
             let prompt = tokens(&case["tokens"]);
-            let logits = model
-                .logits(&model.forward(&prompt, &mut KvCache::default()).unwrap())
-                .unwrap();
-            let last = logits.i(prompt.len() - 1).unwrap();
+            let (logits, last) = prompt_logits(&model, &prompt);
             for (&index, want) in tokens(&case["probe_indices"])
                 .iter()
                 .zip(floats(&case["last_logits_at_probe"]))
