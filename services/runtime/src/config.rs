@@ -23,6 +23,26 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Bytes of request bodies held at once by all requests together (default: 8 times
+    /// `--max-body-bytes`); a body that would go past it is refused at once with 429, so a
+    /// burst of large uploads cannot take the process's memory.
+    #[arg(long, env = "MAX_BUFFERED_BYTES")]
+    pub max_buffered_bytes: Option<usize>,
+
+    /// Longest wait for a request's headers, in seconds, counted from the connection's
+    /// opening or from its previous answer: it is the idle timeout of kept-alive connections
+    /// too. Past it the connection is closed.
+    #[arg(long, env = "HEADER_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub header_timeout: Duration,
+
+    /// Longest time a request's body may take to arrive, in seconds (over it: 408).
+    #[arg(long, env = "BODY_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub body_timeout: Duration,
+
+    /// Connections open at once; one more is answered 429 and closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// Requests answered at once; one more is refused at once with 429 and Retry-After.
     #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 64)]
     pub max_concurrency: usize,
@@ -34,6 +54,14 @@ pub struct ServeArgs {
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish, in seconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// `--max-buffered-bytes`, or its default.
+    pub fn buffered_bytes_budget(&self) -> usize {
+        self.max_buffered_bytes
+            .unwrap_or_else(|| self.max_body_bytes.saturating_mul(8))
+    }
 }
 
 /// A number of seconds (fractions allowed) as a [`Duration`].

@@ -5,6 +5,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+/// Longest error message answered, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// Characters of a client's value quoted back in an error message.
+const EXCERPT_CHARS: usize = 64;
+
+/// A client's value as an error message quotes it: its first characters, marked when cut.
+pub fn excerpt(value: &str) -> String {
+    let head = prefix(value, EXCERPT_CHARS);
+    if head.len() == value.len() {
+        head.to_string()
+    } else {
+        format!("{head}…")
+    }
+}
+
+/// The first `chars` characters of `text`.
+fn prefix(text: &str, chars: usize) -> &str {
+    text.char_indices().nth(chars).map_or(text, |(i, _)| &text[..i])
+}
+
 /// An error answered to a client, OpenAI style:
 /// `{"error": {"message": "...", "type": "...", "code": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,11 +38,27 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error; a message longer than [`MAX_MESSAGE_CHARS`] (one that quotes a huge input,
+    /// as a JSON parser's may) keeps its start and its end, which says where the input broke.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let message = match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            None => message,
+            Some(_) => {
+                let head = prefix(&message, MAX_MESSAGE_CHARS / 2);
+                let tail_chars = MAX_MESSAGE_CHARS / 4;
+                let tail_start = message
+                    .char_indices()
+                    .rev()
+                    .nth(tail_chars - 1)
+                    .map_or(0, |(i, _)| i);
+                format!("{head} […] {}", &message[tail_start..])
+            }
+        };
         Self {
             status,
             code,
-            message: message.into(),
+            message,
         }
     }
 
@@ -32,6 +69,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "invalid_api_key",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
@@ -76,6 +114,11 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
+    /// The JSON body the error is answered with.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}})
+    }
+
     /// OpenAI's error `type` for a status.
     fn kind(&self) -> &'static str {
         match self.status {
@@ -89,8 +132,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}});
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.status, Json(self.body())).into_response();
         if matches!(
             self.status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

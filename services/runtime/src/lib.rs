@@ -2,7 +2,9 @@
 //! health, metrics, errors mapped to statuses, limits, API key, the model thread, and a server
 //! that binds only after warm-up and drains on SIGTERM. It knows nothing of any model.
 
+pub mod body;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod metrics;
 pub mod phases;
@@ -38,6 +40,7 @@ pub fn serve(
     listener: std::net::TcpListener,
 ) -> std::process::ExitCode {
     let app = app(ctx.clone(), routes, args);
+    process::raise_open_files_limit();
     let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +48,19 @@ pub fn serve(
             rt.block_on(async {
                 listener.set_nonblocking(true)?;
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                run(listener, app, ctx, shutdown_signal(), args.shutdown_timeout).await
+                let limits = connections::ConnectionLimits {
+                    max_connections: args.max_connections,
+                    header_timeout: args.header_timeout,
+                };
+                run(
+                    listener,
+                    app,
+                    ctx,
+                    limits,
+                    shutdown_signal(),
+                    args.shutdown_timeout,
+                )
+                .await
             })
         });
     match served {

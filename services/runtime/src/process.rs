@@ -27,11 +27,42 @@ pub fn keep_large_allocations() {
     const MMAP_BYTES: libc::c_int = 64 << 20;
     /// Free memory at the heap's top kept for reuse rather than returned.
     const TRIM_BYTES: libc::c_int = 128 << 20;
+    // One arena per core rather than glibc's eight: each arena keeps its own free memory, and
+    // the threads that decode a burst's photos would each leave theirs behind.
+    let arenas = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let arenas = libc::c_int::try_from(arenas).unwrap_or(libc::c_int::MAX);
     // SAFETY: `mallopt` only changes glibc's allocation thresholds; it runs at start, before
     // the allocations it affects.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_BYTES);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_BYTES);
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, so that `--max-connections`, not the
+/// shell's default of 1,024 descriptors, is what bounds the connections.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read or write the process's own limit through a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Hands the heap's free memory back to the system, in every arena (the thresholds above keep
+/// it otherwise, and each thread that allocated has an arena of its own): what a burst of
+/// large request bodies left behind.
+pub fn release_free_memory() {
+    // SAFETY: `malloc_trim` only returns free pages to the system; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -1,9 +1,8 @@
 //! The HTTP side of the FaaS contract: operational routes (health, metrics, model card), the
-//! middleware every request passes (metrics, JSON errors, body limit, API key, concurrency and
-//! time limits), and a server that drains in-flight requests on shutdown.
+//! middleware every request passes (metrics, JSON errors, bodies within their bounds, API key,
+//! concurrency and time limits), and a server that drains in-flight requests on shutdown.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,13 +15,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::body::{self, BodyIntake};
 use crate::config::ServeArgs;
+use crate::connections::{self, ConnectionLimits};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::phases::Phase;
@@ -113,6 +113,12 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
         max_concurrency: args.max_concurrency,
         timeout: args.request_timeout,
     });
+    let intake = Arc::new(BodyIntake::new(
+        args.max_body_bytes,
+        args.body_timeout,
+        args.buffered_bytes_budget(),
+        ctx.metrics.clone(),
+    ));
     let protected = routes
         .route_layer(middleware::from_fn_with_state(limits, limit))
         .merge(
@@ -134,16 +140,17 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
         .fallback(not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
-        .layer(middleware::from_fn_with_state(args.max_body_bytes, buffer_body))
+        .layer(middleware::from_fn_with_state(intake, body::buffer_body))
         .layer(middleware::from_fn_with_state(ctx, observe))
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets
-/// in-flight requests finish for up to `drain`.
+/// Serves `app` on `listener`, within `limits`, until `shutdown` completes, then stops
+/// accepting and lets in-flight requests finish for up to `drain`.
 pub async fn run(
     listener: TcpListener,
     app: Router,
     ctx: Arc<ServiceContext>,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
@@ -158,16 +165,15 @@ pub async fn run(
     tracing::info!(%address, init_ms, model = %ctx.card.id, "ready");
     let (signalled, on_signal) = tokio::sync::oneshot::channel();
     let stopping = ctx.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.shutting_down.store(true, Ordering::Relaxed);
-            tracing::info!(
-                in_flight = stopping.metrics.in_flight(),
-                "shutting down: draining in-flight requests"
-            );
-            let _ = signalled.send(());
-        });
+    let server = connections::serve(listener, app, limits, ctx.metrics.clone(), async move {
+        shutdown.await;
+        stopping.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!(
+            in_flight = stopping.metrics.in_flight(),
+            "shutting down: draining in-flight requests"
+        );
+        let _ = signalled.send(());
+    });
     let deadline = async move {
         match on_signal.await {
             Ok(()) => tokio::time::sleep(drain).await,
@@ -175,15 +181,12 @@ pub async fn run(
         }
     };
     tokio::select! {
-        result = server.into_future() => {
-            tracing::info!("stopped");
-            result
-        }
+        () = server => tracing::info!("stopped"),
         () = deadline => {
             tracing::warn!(in_flight = ctx.metrics.in_flight(), "shutdown timeout: abandoning in-flight requests");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -274,7 +277,7 @@ async fn authorize(State(key): State<Option<Arc<String>>>, request: Request, nex
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(key.as_str()) {
+        if !presented.is_some_and(|presented| same_key(presented, &key)) {
             let message = if presented.is_some() {
                 "invalid API key"
             } else {
@@ -284,6 +287,18 @@ async fn authorize(State(key): State<Option<Arc<String>>>, request: Request, nex
         }
     }
     next.run(request).await
+}
+
+/// Whether `presented` is `key`, in a time that tells nothing of either: both are hashed (so
+/// not even the length shows), and the digests compared without stopping at the first
+/// difference.
+fn same_key(presented: &str, key: &str) -> bool {
+    use sha2::Digest;
+    let (presented, key) = (sha2::Sha256::digest(presented), sha2::Sha256::digest(key));
+    let difference = presented.iter().zip(key.iter()).fold(0u8, |difference, (a, b)| {
+        std::hint::black_box(difference | (a ^ b))
+    });
+    difference == 0
 }
 
 /// Refuses work beyond the concurrency limit at once (429) and bounds each request's time.
@@ -306,51 +321,6 @@ async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) 
         )
         .into_response(),
     }
-}
-
-/// Reads the whole request body before routing (every route needs all of it anyway), so that
-/// a request refused early (429, 401, 415...) still has its body read and the client, still
-/// sending, sees the answer rather than a reset connection. A body over `max` bytes is answered
-/// 413; up to four times `max` is read and discarded first for the same reason, beyond that the
-/// connection is closed.
-async fn buffer_body(State(max): State<usize>, request: Request, next: Next) -> Response {
-    let too_large = || {
-        ApiError::from_status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is over the limit of {max} bytes"),
-        )
-        .into_response()
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max.saturating_mul(4)) {
-        return too_large();
-    }
-    let (parts, mut body) = request.into_parts();
-    let mut buffered = Vec::with_capacity(declared.unwrap_or(0).min(max));
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => {
-                return ApiError::bad_request(format!("cannot read the request body: {e}")).into_response()
-            }
-        };
-        if let Some(data) = frame.data_ref() {
-            total = total.saturating_add(data.len());
-            if total <= max {
-                buffered.extend_from_slice(data);
-            } else if total > max.saturating_mul(4) {
-                break;
-            }
-        }
-    }
-    if total > max {
-        return too_large();
-    }
-    next.run(Request::from_parts(parts, Body::from(buffered))).await
 }
 
 /// Rewrites framework rejections (unknown method, body too large, bad JSON...) that come as
