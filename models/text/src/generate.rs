@@ -266,13 +266,14 @@ fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
 
 /// Finds stop strings in streamed text, holding back any tail that could begin one.
 #[derive(Debug, Default)]
-struct StopMatcher {
+pub struct StopMatcher {
     stops: Vec<String>,
     held: String,
 }
 
 impl StopMatcher {
-    fn new(stops: Vec<String>) -> Self {
+    /// A matcher for `stops` (empty strings are ignored).
+    pub fn new(stops: Vec<String>) -> Self {
         Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             held: String::new(),
@@ -281,7 +282,7 @@ impl StopMatcher {
 
     /// The text that is safe to release, and whether a stop string was reached (the text is
     /// then cut before it).
-    fn push(&mut self, text: &str) -> (String, bool) {
+    pub fn push(&mut self, text: &str) -> (String, bool) {
         self.held.push_str(text);
         if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             let released = self.held[..at].to_string();
@@ -300,7 +301,7 @@ impl StopMatcher {
     }
 
     /// Everything still held, plus a final piece of text, at the end of the completion.
-    fn finish(&mut self, tail: String) -> String {
+    pub fn finish(&mut self, tail: String) -> String {
         let (mut text, stopped) = self.push(&tail);
         if !stopped {
             text.push_str(&std::mem::take(&mut self.held));

@@ -399,19 +399,22 @@ struct WeightsOf<'a> {
 impl WeightsOf<'_> {
     fn name(&self, name: &str) -> Result<String, TextError> {
         let prefixed = format!("transformer.{name}");
-        [name.to_string(), prefixed]
+        [name.to_string(), prefixed.clone()]
             .into_iter()
             .find(|candidate| self.file.shape(candidate).is_some())
-            .ok_or_else(|| TextError::Weights(format!("missing tensor `{name}`")))
+            .ok_or_else(|| self.invalid(format!("missing tensor `{name}` (or `{prefixed}`)")))
+    }
+
+    /// An error about the file, naming it.
+    fn invalid(&self, reason: String) -> TextError {
+        TextError::Weights(format!("{}: {reason}", self.file.path().display()))
     }
 
     fn check(&self, name: &str, shape: &[usize]) -> Result<String, TextError> {
         let found = self.name(name)?;
         let actual = self.file.shape(&found).unwrap_or_default();
         if actual != shape {
-            return Err(TextError::Weights(format!(
-                "`{name}` has shape {actual:?}, expected {shape:?}"
-            )));
+            return Err(self.invalid(format!("`{found}` has shape {actual:?}, expected {shape:?}")));
         }
         Ok(found)
     }

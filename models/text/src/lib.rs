@@ -14,7 +14,7 @@ pub mod tokenizer;
 
 pub use attention::KvCache;
 pub use embedding::embed;
-pub use generate::{FinishReason, GenerateOptions, Generation, Step, TokenLogprob};
+pub use generate::{FinishReason, GenerateOptions, Generation, Step, StopMatcher, TokenLogprob};
 pub use gpt2::{Gpt2, Gpt2Config, WeightPrecision};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{Gpt2Tokenizer, StreamDecoder, END_OF_TEXT};

@@ -154,9 +154,20 @@ pub fn argmax(values: &[f32]) -> u32 {
 
 /// Natural-log softmax.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_total = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
-    logits.iter().map(|l| l - log_total).collect()
+    let log_total = log_sum_exp(logits);
+    logits
+        .iter()
+        .map(|&l| (f64::from(l) - log_total) as f32)
+        .collect()
+}
+
+/// `ln(sum(exp(values)))`, summed in f64: in f32, each of a vocabulary's tens of thousands of
+/// small terms loses part of itself to rounding against the growing sum, and on a trained
+/// model's peaked distributions those losses add up to 1e-3 in the log-probabilities.
+pub fn log_sum_exp(values: &[f32]) -> f64 {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = values.iter().map(|&v| f64::from((v - max).exp())).sum();
+    f64::from(max) + total.ln()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use candle_core::Tensor;
 
 use crate::gpt2::Gpt2;
+use crate::sampling::log_sum_exp;
 use crate::tokenizer::{Gpt2Tokenizer, END_OF_TEXT};
 use crate::TextError;
 
@@ -157,16 +158,11 @@ impl<'a> Reranker<'a> {
             .map(|rows| {
                 rows.iter()
                     .zip(continuation)
-                    .map(|(row, &token)| row[token as usize] - log_sum_exp(row))
+                    .map(|(row, &token)| (f64::from(row[token as usize]) - log_sum_exp(row)) as f32)
                     .sum()
             })
             .collect())
     }
-}
-
-fn log_sum_exp(values: &[f32]) -> f32 {
-    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + values.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
 }
 
 /// The part of `document` around the window of about `budget` tokens that holds the most
