@@ -6,7 +6,7 @@ mod common;
 const BINARY: &str = env!("CARGO_BIN_EXE_classifier");
 
 use base64::Engine;
-use common::{get, get_with, multipart, post, Server};
+use common::{connect_and_send, get, get_with, multipart, post, read_until_closed, Server};
 use serde_json::{json, Value};
 
 fn fixture_image(name: &str) -> Vec<u8> {
@@ -533,4 +533,119 @@ fn cpu_kernels_choose_the_level_or_stop_the_start() {
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("CPU_KERNELS=\"sse9\" is not a level"), "{stderr}");
+}
+
+/// The head of a request for /v1/classify with a body of `length` bytes.
+fn classify_head(length: usize) -> String {
+    format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+}
+
+#[test]
+fn bodies_past_the_shared_byte_budget_are_refused_at_once_and_the_budget_comes_back() {
+    use std::io::Write;
+    let server = tiny_server(&["--max-body-bytes", "800000", "--max-buffered-bytes", "1000000"]);
+    let image = fixture_image("synthetic-0-224x224.png");
+    // A client that has declared 700,000 bytes and sent a few holds them in the budget...
+    let declared = 700_000;
+    let mut holding = connect_and_send(server.address(), classify_head(declared).as_bytes());
+    holding.write_all(&vec![0u8; 1000]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // ... so a body of 500,000 more is refused without waiting, and a small one still fits.
+    let big = post(
+        &server.url("/v1/classify"),
+        Some("application/octet-stream"),
+        &vec![1u8; 500_000],
+        &[],
+    );
+    assert_eq!(big.expect_error(429), "overloaded");
+    assert!(
+        big.text.contains("1000000 bytes of request bodies"),
+        "{}",
+        big.text
+    );
+    assert_eq!(big.retry_after.as_deref(), Some("1"));
+    let small = post(&server.url("/v1/classify"), Some("image/png"), &image, &[]);
+    assert_eq!(small.status, 200, "{}", small.text);
+    // Once the first body has arrived and been answered, its bytes are back in the budget.
+    holding.write_all(&vec![0u8; declared - 1000]).unwrap();
+    let (answer, _) = read_until_closed(&mut holding, std::time::Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    let big = post(
+        &server.url("/v1/classify"),
+        Some("application/octet-stream"),
+        &vec![1u8; 500_000],
+        &[],
+    );
+    assert_eq!(big.expect_error(422), "invalid_image");
+    let metrics = get(&server.url("/metrics")).text;
+    assert!(
+        metrics.contains("classifier_bodies_over_budget_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn half_sent_and_idle_connections_are_closed_after_their_timeouts() {
+    use std::time::Duration;
+    let server = tiny_server(&["--header-timeout", "1", "--body-timeout", "1.5"]);
+    let mut half_body = connect_and_send(
+        server.address(),
+        format!("{}x", classify_head(100_000)).as_bytes(),
+    );
+    let mut half_line = connect_and_send(server.address(), b"POST /v1/cla");
+    let mut idle = connect_and_send(server.address(), b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n");
+    // Meanwhile the server answers.
+    assert_eq!(get(&server.url("/health")).status, 200);
+    let (answer, waited) = read_until_closed(&mut half_body, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert!(answer.contains("within 1.5 s"), "{answer}");
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    let (answer, waited) = read_until_closed(&mut half_line, Duration::from_secs(10));
+    assert_eq!(answer, "", "a half-sent request line gets no answer");
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    // A kept-alive connection gets its answer, then is closed once idle for the header timeout.
+    let (answer, waited) = read_until_closed(&mut idle, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    let metrics = get(&server.url("/metrics")).text;
+    assert!(metrics.contains("classifier_body_timeouts_total 1"), "{metrics}");
+}
+
+#[test]
+fn connections_over_the_cap_are_answered_429_and_closed() {
+    let server = tiny_server(&["--max-connections", "2"]);
+    let first = connect_and_send(server.address(), b"");
+    let second = connect_and_send(server.address(), b"");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut third = connect_and_send(server.address(), b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n");
+    let (answer, _) = read_until_closed(&mut third, std::time::Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("2 connections open, its limit"), "{answer}");
+    drop((first, second));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(get(&server.url("/health")).status, 200);
+    let metrics = get(&server.url("/metrics")).text;
+    assert!(
+        metrics.contains("classifier_connections_refused_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn broken_weights_or_config_stop_the_start_with_exit_2_and_one_line_naming_the_file() {
+    let binary = env!("CARGO_BIN_EXE_classifier");
+    for (broken, dir, tensor) in common::broken_weights(&common::tiny_model()) {
+        let (code, lines) = common::failed_start(binary, &dir);
+        assert_eq!(code, Some(2), "{broken}: {lines:?}");
+        assert_eq!(lines.len(), 1, "{broken}: {lines:?}");
+        assert!(lines[0].contains("model.safetensors"), "{broken}: {}", lines[0]);
+        if let Some(tensor) = tensor {
+            assert!(lines[0].contains(&tensor), "{broken}: {}", lines[0]);
+        }
+        eprintln!("{broken}: {}", lines[0]);
+    }
 }

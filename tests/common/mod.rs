@@ -111,6 +111,11 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// `host:port`, for tests that talk TCP.
+    pub fn address(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -321,4 +326,128 @@ pub fn run_maybe_emulated(qemu: Option<&Path>, binary: &str, args: &[&str]) -> S
         None => assert!(kernels.is_some(), "no cpu kernels line: {log}"),
     }
     String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// A TCP connection to `address` that has sent `bytes` and sends nothing more.
+pub fn connect_and_send(address: &str, bytes: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.write_all(bytes).expect("send");
+    stream
+}
+
+/// Everything the server sends on `stream` until it closes it, and how long that took; panics
+/// when it is still open after `limit`.
+pub fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("still open after {:.1} s ({e})", start.elapsed().as_secs_f64()),
+        }
+    }
+    (String::from_utf8_lossy(&received).into_owned(), start.elapsed())
+}
+
+/// Copies of the model directory `fixture` with its `model.safetensors` broken in one way each,
+/// by name: cut in half, overwritten with noise, a tensor's shape transposed, a tensor's dtype
+/// changed to I32 (the same size, so only the dtype is wrong), the first tensor renamed (so the
+/// model misses it); and the name of the tensor changed where there is one.
+pub fn broken_weights(fixture: &Path) -> Vec<(&'static str, PathBuf, Option<String>)> {
+    let weights = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
+    let data = &weights[8 + header_len..];
+    let matrix = header
+        .iter()
+        .find(|(name, info)| {
+            *name != "__metadata__"
+                && info["shape"]
+                    .as_array()
+                    .is_some_and(|s| s.len() == 2 && s[0] != s[1])
+        })
+        .map(|(name, _)| name.clone())
+        .expect("a 2-D tensor that is not square");
+    let first = header
+        .keys()
+        .find(|name| *name != "__metadata__")
+        .expect("a tensor")
+        .clone();
+    let with_header = |header: &serde_json::Map<String, Value>| {
+        let mut json = serde_json::to_vec(header).unwrap();
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&json);
+        file.extend_from_slice(data);
+        file
+    };
+    let edited = |edit: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut header = header.clone();
+        edit(&mut header);
+        with_header(&header)
+    };
+    let variants: Vec<(&'static str, Vec<u8>, Option<String>)> = vec![
+        ("truncated", weights[..weights.len() / 2].to_vec(), None),
+        (
+            "noise",
+            (0..weights.len()).map(|i| (i * 7919 % 251) as u8).collect(),
+            None,
+        ),
+        (
+            "wrong-shape",
+            edited(&|h| {
+                let shape = h[&matrix]["shape"].as_array().unwrap().clone();
+                h[&matrix]["shape"] = Value::from(vec![shape[1].clone(), shape[0].clone()]);
+            }),
+            Some(matrix.clone()),
+        ),
+        (
+            "wrong-dtype",
+            edited(&|h| h[&matrix]["dtype"] = Value::from("I32")),
+            Some(matrix.clone()),
+        ),
+        (
+            "missing-tensor",
+            edited(&|h| {
+                let info = h.remove(&first).unwrap();
+                h.insert(format!("{first}.renamed"), info);
+            }),
+            Some(first.clone()),
+        ),
+    ];
+    variants
+        .into_iter()
+        .map(|(name, bytes, tensor)| {
+            let dir = temp_dir(&format!("broken-{name}"));
+            for entry in std::fs::read_dir(fixture).unwrap().map(Result::unwrap) {
+                if entry.file_type().unwrap().is_file() {
+                    std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+                }
+            }
+            std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+            (name, dir, tensor)
+        })
+        .collect()
+}
+
+/// Runs `binary serve --model <dir>` (on a free port) and answers its exit code and the lines
+/// it wrote to stderr; it must stop by itself within 60 s.
+pub fn failed_start(binary: &str, model: &Path) -> (Option<i32>, Vec<String>) {
+    let mut child = Command::new(binary)
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--model"])
+        .arg(model)
+        .env_remove("MODEL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the service");
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(60));
+    (status.code(), stderr.lines().map(str::to_string).collect())
 }

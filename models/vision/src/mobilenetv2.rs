@@ -139,12 +139,14 @@ impl MobileNetV2 {
         let head = loader.dense("conv_head", "bn2", 1)?;
         let classifier = match tensors.get("classifier.weight") {
             Some(weight) => {
+                let weight = float_weights("classifier.weight", weight)?;
                 let bias = loader.get("classifier.bias")?;
                 let (classes, features) = weight.dims2()?;
                 if features != head.out_channels() || bias.dims() != [classes] {
                     return Err(VisionError::Weights(format!(
-                        "classifier {:?} does not fit {} features",
+                        "classifier.weight {:?} and classifier.bias {:?} do not fit {} features",
                         weight.dims(),
+                        bias.dims(),
                         head.out_channels()
                     )));
                 }
@@ -225,6 +227,17 @@ impl Module for MobileNetV2 {
     }
 }
 
+/// `tensor` if it holds floating-point values: an integer tensor would be read as numbers it
+/// does not hold.
+fn float_weights<'t>(name: &str, tensor: &'t Tensor) -> Result<&'t Tensor, VisionError> {
+    match tensor.dtype() {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(tensor),
+        other => Err(VisionError::Weights(format!(
+            "`{name}` holds {other:?} values; weights must be F32, F16 or BF16"
+        ))),
+    }
+}
+
 /// Packs an (outputs, inputs) weight, PyTorch's layout, and its bias for [`ops::linear`].
 fn pack(level: Level, weight: &Tensor, bias: &Tensor) -> Result<Weights, VisionError> {
     let (outputs, inputs) = weight.dims2()?;
@@ -253,9 +266,11 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn get(&self, name: &str) -> Result<&Tensor, VisionError> {
-        self.tensors
+        let tensor = self
+            .tensors
             .get(name)
-            .ok_or_else(|| VisionError::Weights(format!("missing tensor `{name}`")))
+            .ok_or_else(|| VisionError::Weights(format!("missing tensor `{name}`")))?;
+        float_weights(name, tensor)
     }
 
     /// Scale and shift of an inference-mode BatchNorm: `y = x * scale + shift`.

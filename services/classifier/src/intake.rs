@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header::CONTENT_TYPE;
 use base64::Engine;
+use runtime::error::excerpt;
 use runtime::ApiError;
 use serde::Deserialize;
 
@@ -111,7 +112,7 @@ async fn from_multipart(mut multipart: Multipart) -> Result<Images, ApiError> {
             let top_k = text.trim().parse().map_err(|_| {
                 ApiError::invalid(
                     "invalid_top_k",
-                    format!("top_k `{text}` is not a non-negative integer"),
+                    format!("top_k `{}` is not a non-negative integer", excerpt(&text)),
                 )
             })?;
             images.top_k = Some(top_k);

@@ -1,11 +1,6 @@
 //! `classifier`: a MobileNetV2 image classification service (`serve`), its command-line twin
 //! (`predict`), and transfer learning (`train`, `eval`).
 
-mod intake;
-mod model;
-mod routes;
-mod training;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,7 +9,8 @@ use clap::{Parser, Subcommand};
 use runtime::{InitPhases, Metrics, ServeArgs, ServiceContext};
 use serde_json::json;
 
-use crate::model::ModelArgs;
+use classifier::model::{self, ModelArgs};
+use classifier::{routes, training};
 
 #[derive(Debug, Parser)]
 #[command(

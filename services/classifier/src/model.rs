@@ -68,7 +68,14 @@ pub fn load(args: &ModelArgs, phases: &mut InitPhases) -> Result<(ImageClassifie
     })?;
     let tensors = phases.run("load_weights", || hub::load_safetensors(&weights_path))?;
     let classifier = phases.run("build_model", || -> Result<_, VisionError> {
-        let model = vision::MobileNetV2::from_tensors(&tensors, config.architecture(), level)?;
+        let model = vision::MobileNetV2::from_tensors(&tensors, config.architecture(), level).map_err(
+            |e| match e {
+                VisionError::Weights(reason) => {
+                    VisionError::Weights(format!("{}: {reason}", weights_path.display()))
+                }
+                other => other,
+            },
+        )?;
         ImageClassifier::new(model, &config)
     })?;
     drop(tensors);

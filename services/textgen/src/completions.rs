@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use runtime::error::excerpt;
 use runtime::ApiError;
 use serde::Deserialize;
 use text::{GenerateOptions, Gpt2Tokenizer, SamplingParams, END_OF_TEXT};
@@ -123,7 +124,7 @@ impl CompletionRequest {
         for (token, bias) in self.logit_bias.unwrap_or_default() {
             let id: u32 = token
                 .parse()
-                .map_err(|_| invalid(format!("logit_bias key `{token}` is not a token id")))?;
+                .map_err(|_| invalid(format!("logit_bias key `{}` is not a token id", excerpt(&token))))?;
             if id as usize >= vocab {
                 return Err(invalid(format!(
                     "logit_bias token {id} is outside the vocabulary of {vocab}"

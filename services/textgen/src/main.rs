@@ -1,12 +1,6 @@
 //! `textgen`: a GPT-2 text service with OpenAI's completions, legacy search and embeddings
 //! APIs (`serve`), and its command-line twins (`generate`, `search`).
 
-mod completions;
-mod embeddings;
-mod model;
-mod routes;
-mod search;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,9 +11,9 @@ use runtime::{InitPhases, Metrics, ServeArgs, ServiceContext};
 use serde_json::json;
 use text::{GenerateOptions, Generation, SamplingParams};
 
-use crate::model::ModelArgs;
-use crate::routes::ApiLimits;
-use crate::search::{RerankArgs, SearchRequest};
+use textgen::model::{self, ModelArgs};
+use textgen::routes::{self, ApiLimits};
+use textgen::search::{self, RerankArgs, SearchRequest};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use runtime::error::excerpt;
 use runtime::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -118,7 +119,8 @@ impl SearchRequest {
                                 StatusCode::NOT_FOUND,
                                 "file_not_found",
                                 format!(
-                                    "no file `{file}`: this service has loaded `{}` (--corpus)",
+                                    "no file `{}`: this service has loaded `{}` (--corpus)",
+                                    excerpt(&file),
                                     corpus.name()
                                 ),
                             ))
@@ -127,7 +129,10 @@ impl SearchRequest {
                             return Err(ApiError::new(
                                 StatusCode::NOT_FOUND,
                                 "file_not_found",
-                                format!("no file `{file}`: this service was started without --corpus"),
+                                format!(
+                                    "no file `{}`: this service was started without --corpus",
+                                    excerpt(&file)
+                                ),
                             ))
                         }
                         (None, None) => return Err(invalid(

@@ -1,0 +1,8 @@
+//! textgen's request types, model thread and routes, as a library: the binary (`main.rs`)
+//! puts them together, and the fuzz targets drive the request parsing and validation directly.
+
+pub mod completions;
+pub mod embeddings;
+pub mod model;
+pub mod routes;
+pub mod search;
