@@ -24,9 +24,10 @@ import tempfile
 from eval_retrieval import start_service
 
 
-def run_hey(url, concurrency, seconds, content_type, body_path):
+def run_hey(url, concurrency, seconds, content_type, body_path, per_worker_rate=None):
+    """Runs `hey` for `seconds` and parses its report; `codes` holds every status's count."""
     command = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", content_type,
-               "-D", body_path, "-t", "120", url]
+               "-D", body_path, "-t", "120", *(["-q", str(per_worker_rate)] if per_worker_rate else []), url]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     def number(pattern):
         found = re.search(pattern, output)
@@ -40,6 +41,7 @@ def run_hey(url, concurrency, seconds, content_type, body_path):
         "429": codes.get(429, 0),
         "other": sum(n for c, n in codes.items() if c not in (200, 429)),
         "transport_errors": sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+(?:Get|Post)", output, re.M)),
+        "codes": codes,
     }
 
 

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+pub use simd::log_sum_exp;
+
 /// How one sequence picks its tokens; OpenAI's completion parameters plus `top_k` and
 /// `repetition_penalty`.
 #[derive(Debug, Clone)]
@@ -159,15 +161,6 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
         .iter()
         .map(|&l| (f64::from(l) - log_total) as f32)
         .collect()
-}
-
-/// `ln(sum(exp(values)))`, summed in f64: in f32, each of a vocabulary's tens of thousands of
-/// small terms loses part of itself to rounding against the growing sum, and on a trained
-/// model's peaked distributions those losses add up to 1e-3 in the log-probabilities.
-pub fn log_sum_exp(values: &[f32]) -> f64 {
-    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = values.iter().map(|&v| f64::from((v - max).exp())).sum();
-    f64::from(max) + total.ln()
 }
 
 #[cfg(test)]

@@ -135,7 +135,11 @@ impl ImageClassifier {
             (None, None) => None,
         };
         let probabilities = match logits {
-            Some(logits) => candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?,
+            Some(logits) => logits
+                .to_vec2::<f32>()?
+                .iter()
+                .map(|row| simd::softmax(row))
+                .collect(),
             None => vec![Vec::new(); images.len()],
         };
         Ok(features
