@@ -345,6 +345,18 @@ mod tests {
         assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
     }
 
+    /// Found by the `stop_matching` fuzz target (reduced): a short stop string completes while
+    /// a longer one that began earlier is still pending. Generation ends at the piece that
+    /// completes a stop, so the longer one never completes and the text ends at the short one.
+    #[test]
+    fn a_stop_completed_inside_a_pending_longer_one_ends_the_text() {
+        assert_eq!(
+            run(&["\0", "c\u{1}\0{"], &["]]c`\u{1}c\u{1}\0", "{"]),
+            ("]]c`\u{1}c\u{1}".into(), true)
+        );
+        assert_eq!(run(&["b", "xaby"], &["xab", "y"]), ("xa".into(), true));
+    }
+
     #[test]
     fn held_text_is_not_released_early() {
         let mut matcher = StopMatcher::new(vec!["STOP".into()]);
