@@ -435,6 +435,21 @@ pub fn broken_weights(fixture: &Path) -> Vec<(&'static str, PathBuf, Option<Stri
         .collect()
 }
 
+/// Asserts that every copy [`broken_weights`] makes of `fixture` stops `binary serve` with exit
+/// code 2 and one line naming the weights file (and the tensor, where one is at fault).
+pub fn broken_weights_stop_the_start(binary: &str, fixture: &Path) {
+    for (broken, dir, tensor) in broken_weights(fixture) {
+        let (code, lines) = failed_start(binary, &dir);
+        assert_eq!(code, Some(2), "{broken}: {lines:?}");
+        assert_eq!(lines.len(), 1, "{broken}: {lines:?}");
+        assert!(lines[0].contains("model.safetensors"), "{broken}: {}", lines[0]);
+        if let Some(tensor) = tensor {
+            assert!(lines[0].contains(&tensor), "{broken}: {}", lines[0]);
+        }
+        eprintln!("{broken}: {}", lines[0]);
+    }
+}
+
 /// Runs `binary serve --model <dir>` (on a free port) and answers its exit code and the lines
 /// it wrote to stderr; it must stop by itself within 60 s.
 pub fn failed_start(binary: &str, model: &Path) -> (Option<i32>, Vec<String>) {
