@@ -37,13 +37,14 @@ def timed(run, seconds):
     return sorted(times)[len(times) // 2], len(times)
 
 
-def bench_ours(model_dir, batches, seconds):
+def bench_ours(model_dir, threads, batches, seconds):
     binary = ROOT / "target" / "release" / "bench-mobilenetv2"
     out = subprocess.run(
         [str(binary), "--model", str(model_dir), "--batch", ",".join(map(str, batches)), "--seconds", str(seconds), "--json"],
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, "RAYON_NUM_THREADS": str(threads)},
     ).stdout
     return {row["batch"]: row["ms_per_batch"] / 1e3 for row in map(json.loads, out.splitlines())}
 
@@ -97,7 +98,7 @@ def main():
     ours = "candle (ours)"
     onnx = f"ONNX Runtime {onnxruntime.__version__}"
     runners = {
-        ours: lambda batches, seconds: bench_ours(args.model_dir, batches, seconds),
+        ours: lambda batches, seconds: bench_ours(args.model_dir, args.threads, batches, seconds),
         onnx: onnxruntime_runner(args.model_dir, args.threads, size),
         f"PyTorch {torch.__version__.split('+')[0]}": torch_runner(args.model_dir, args.threads, size),
     }
