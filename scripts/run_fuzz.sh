@@ -10,9 +10,10 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(image_intake multipart_intake json_requests tokenizer_round_trip stop_matching)
 python3 scripts/fuzz_seeds.py 2>/dev/null || "${PYTHON:-python3}" scripts/fuzz_seeds.py
+mkdir -p fuzz/logs
 status=0
 for target in "${targets[@]}"; do
-    log="fuzz/${target}.log"
+    log="fuzz/logs/${target}.log"
     (cd fuzz && cargo +nightly fuzz run -O "$target" -- -max_total_time="$seconds" -timeout=10 \
         -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1
     code=$?
