@@ -72,13 +72,20 @@ def exchange(port, payload, timeout=120):
         return 0
 
 
+def endpoint(service):
+    """The route each request here goes to, and its body's Content-Type."""
+    if service == "classifier":
+        return "/v1/classify", "application/octet-stream"
+    return "/v1/completions", "application/json"
+
+
 def ordinary(args, base):
     """One ordinary request (a photo, or a short completion); answers (status, seconds)."""
+    path, content_type = endpoint(args.service)
     if args.service == "classifier":
-        body, content_type, path = open(args.image, "rb").read(), "application/octet-stream", "/v1/classify"
+        body = open(args.image, "rb").read()
     else:
         body = json.dumps({"prompt": "The quick brown fox", "max_tokens": 4, "temperature": 0}).encode()
-        content_type, path = "application/json", "/v1/completions"
     start = time.perf_counter()
     request = urllib.request.Request(base + path, data=body, headers={"Content-Type": content_type})
     try:
@@ -90,8 +97,7 @@ def ordinary(args, base):
 
 
 def bodies(args, process, base, port):
-    path = "/v1/classify" if args.service == "classifier" else "/v1/completions"
-    content_type = "application/octet-stream" if args.service == "classifier" else "application/json"
+    path, content_type = endpoint(args.service)
     for _ in range(20):
         ordinary(args, base)
     time.sleep(1)
@@ -128,11 +134,11 @@ def bodies(args, process, base, port):
 
 
 def half_sent(args, base, port):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    path = "/v1/classify" if args.service == "classifier" else "/v1/completions"
+    path, content_type = endpoint(args.service)
     kinds = {
-        "headers and 1 byte of a 100 KB body": request_bytes("127.0.0.1", path, "application/octet-stream",
+        "headers and 1 byte of a 100 KB body": request_bytes("127.0.0.1", path, content_type,
                                                               b"x", length=100_000),
         "half a request line": b"POST /v1/cla",
     }

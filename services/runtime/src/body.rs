@@ -91,17 +91,20 @@ impl BodyIntake {
             if total > self.max_bytes.saturating_mul(4) {
                 break;
             }
-            if total > self.max_bytes && refusal.is_none() {
-                refusal = Some(Refusal::TooLarge);
-            }
             if refusal.is_some() {
                 continue;
             }
-            if !reservation.grow_to(total) {
+            if total > self.max_bytes {
+                refusal = Some(Refusal::TooLarge);
+            } else if !reservation.grow_to(total) {
                 refusal = Some(Refusal::OverBudget);
+            } else {
+                buffered.extend_from_slice(data);
                 continue;
             }
-            buffered.extend_from_slice(data);
+            // Refused part-way: what was held goes back while the rest is read and discarded.
+            buffered = Vec::new();
+            reservation = Reservation::new(self.clone());
         }
         if total > self.max_bytes {
             return Err(Refusal::TooLarge);

@@ -128,7 +128,7 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
                 .with_state(ctx.clone()),
         )
         .route_layer(middleware::from_fn_with_state(
-            args.api_key.clone().map(Arc::new),
+            args.api_key.as_deref().map(ApiKey::new).map(Arc::new),
             authorize,
         ));
     Router::new()
@@ -270,14 +270,14 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 /// Needs `Authorization: Bearer <key>` when a key is configured.
-async fn authorize(State(key): State<Option<Arc<String>>>, request: Request, next: Next) -> Response {
+async fn authorize(State(key): State<Option<Arc<ApiKey>>>, request: Request, next: Next) -> Response {
     if let Some(key) = key {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|presented| same_key(presented, &key)) {
+        if !presented.is_some_and(|presented| key.matches(presented)) {
             let message = if presented.is_some() {
                 "invalid API key"
             } else {
@@ -289,16 +289,29 @@ async fn authorize(State(key): State<Option<Arc<String>>>, request: Request, nex
     next.run(request).await
 }
 
-/// Whether `presented` is `key`, in a time that tells nothing of either: both are hashed (so
-/// not even the length shows), and the digests compared without stopping at the first
-/// difference.
-fn same_key(presented: &str, key: &str) -> bool {
-    use sha2::Digest;
-    let (presented, key) = (sha2::Sha256::digest(presented), sha2::Sha256::digest(key));
-    let difference = presented.iter().zip(key.iter()).fold(0u8, |difference, (a, b)| {
-        std::hint::black_box(difference | (a ^ b))
-    });
-    difference == 0
+/// The configured API key, held as its SHA-256 digest (computed once), which a presented key's
+/// digest is compared with.
+struct ApiKey([u8; 32]);
+
+impl ApiKey {
+    fn new(key: &str) -> Self {
+        Self(Self::digest(key))
+    }
+
+    fn digest(key: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(key).into()
+    }
+
+    /// Whether `presented` is the key, in a time that tells nothing of either: the digests are
+    /// compared (so not even the length shows), without stopping at the first difference.
+    fn matches(&self, presented: &str) -> bool {
+        let presented = Self::digest(presented);
+        let difference = presented.iter().zip(&self.0).fold(0u8, |difference, (a, b)| {
+            std::hint::black_box(difference | (a ^ b))
+        });
+        difference == 0
+    }
 }
 
 /// Refuses work beyond the concurrency limit at once (429) and bounds each request's time.
