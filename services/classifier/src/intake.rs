@@ -122,7 +122,7 @@ async fn from_multipart(mut multipart: Multipart) -> Result<Images, ApiError> {
 }
 
 /// Standard base64, with or without a `data:<type>;base64,` prefix.
-fn decode_base64(text: &str) -> Result<Bytes, String> {
+pub(crate) fn decode_base64(text: &str) -> Result<Bytes, String> {
     let payload = match text.split_once(";base64,") {
         Some((prefix, payload)) if prefix.starts_with("data:") => payload,
         _ => text,

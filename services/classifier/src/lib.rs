@@ -3,5 +3,6 @@
 
 pub mod intake;
 pub mod model;
+pub mod open_inference;
 pub mod routes;
 pub mod training;

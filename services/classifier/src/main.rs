@@ -10,7 +10,7 @@ use runtime::{InitPhases, Metrics, ServeArgs, ServiceContext};
 use serde_json::json;
 
 use classifier::model::{self, ModelArgs};
-use classifier::{routes, training};
+use classifier::{open_inference, routes, training};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -145,7 +145,8 @@ fn serve_http(
         max_images,
     });
     let ctx = ServiceContext::new("classifier", card, phases.phases().to_vec(), metrics);
-    runtime::serve(ctx, routes::routes(state), serve, listener)
+    let routes = routes::routes(state.clone()).merge(open_inference::routes(state));
+    runtime::serve(ctx, routes, serve, listener)
 }
 
 /// The files `predict` reads, each with whether it was named on the command line (a named file

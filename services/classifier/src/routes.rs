@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -43,20 +44,7 @@ async fn classify(
     Query(query): Query<ClassifyQuery>,
     images: Images,
 ) -> Result<Json<Value>, ApiError> {
-    let classes = state.classifier.labels().len();
-    if classes == 0 {
-        return Err(ApiError::invalid(
-            "no_classifier",
-            "the served model has no classifier; use /v1/features",
-        ));
-    }
-    let top_k = images.top_k.or(query.top_k).unwrap_or(5.min(classes));
-    if top_k == 0 || top_k > classes {
-        return Err(ApiError::invalid(
-            "invalid_top_k",
-            format!("top_k must be between 1 and {classes}, got {top_k}"),
-        ));
-    }
+    let top_k = checked_top_k(&state, images.top_k.or(query.top_k))?;
     let outputs = infer(&state, images).await?;
     let results: Vec<Value> = outputs
         .iter()
@@ -76,25 +64,43 @@ async fn features(State(state): State<Arc<AppState>>, images: Images) -> Result<
     ))
 }
 
-/// Decodes and preprocesses off the async runtime, then runs the model thread.
-async fn infer(state: &Arc<AppState>, images: Images) -> Result<Vec<vision::ImageOutput>, ApiError> {
-    if images.encoded.len() > state.max_images {
+/// `requested` classes per image (5 by default, or all when there are fewer), if the model has
+/// a classifier with that many classes.
+pub(crate) fn checked_top_k(state: &AppState, requested: Option<usize>) -> Result<usize, ApiError> {
+    let classes = state.classifier.labels().len();
+    if classes == 0 {
         return Err(ApiError::invalid(
-            "too_many_images",
-            format!(
-                "{} images in one request, over the limit of {}",
-                images.encoded.len(),
-                state.max_images
-            ),
+            "no_classifier",
+            "the served model has no classifier; ask for its features instead",
         ));
     }
+    let top_k = requested.unwrap_or(5.min(classes));
+    if top_k == 0 || top_k > classes {
+        return Err(ApiError::invalid(
+            "invalid_top_k",
+            format!("top_k must be between 1 and {classes}, got {top_k}"),
+        ));
+    }
+    Ok(top_k)
+}
+
+/// Decodes and preprocesses off the async runtime, then runs the model thread.
+async fn infer(state: &Arc<AppState>, images: Images) -> Result<Vec<vision::ImageOutput>, ApiError> {
+    classify_encoded(state, images.encoded).await
+}
+
+/// Runs encoded images (any format the decoder knows) through the model.
+pub(crate) async fn classify_encoded(
+    state: &Arc<AppState>,
+    encoded: Vec<Bytes>,
+) -> Result<Vec<vision::ImageOutput>, ApiError> {
+    check_count(state, encoded.len())?;
     // Announced before decoding, so that the model thread waits for this request when another
     // one is about to run, and not when none is coming.
     let arrival = state.worker.arriving();
     let prepared = state.clone();
     let pixels = tokio::task::spawn_blocking(move || {
-        images
-            .encoded
+        encoded
             .iter()
             .enumerate()
             .map(|(i, bytes)| {
@@ -106,6 +112,28 @@ async fn infer(state: &Arc<AppState>, images: Images) -> Result<Vec<vision::Imag
     .await
     .map_err(|e| ApiError::internal(format!("decoding task failed: {e}")))??;
     model::run(&state.worker, pixels, arrival).await
+}
+
+/// Runs images already preprocessed, each (height, width, 3) normalised values, through the model.
+pub(crate) async fn classify_pixels(
+    state: &Arc<AppState>,
+    pixels: Vec<Vec<f32>>,
+) -> Result<Vec<vision::ImageOutput>, ApiError> {
+    check_count(state, pixels.len())?;
+    model::run(&state.worker, pixels, state.worker.arriving()).await
+}
+
+fn check_count(state: &AppState, images: usize) -> Result<(), ApiError> {
+    if images > state.max_images {
+        return Err(ApiError::invalid(
+            "too_many_images",
+            format!(
+                "{images} images in one request, over the limit of {}",
+                state.max_images
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn image_error(index: usize, error: VisionError) -> ApiError {

@@ -119,6 +119,11 @@ impl ApiError {
         json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}})
     }
 
+    /// The body KServe's Open Inference Protocol answers errors with, under `/v2/`.
+    pub fn open_inference_body(&self) -> serde_json::Value {
+        json!({"error": self.message})
+    }
+
     /// OpenAI's error `type` for a status.
     fn kind(&self) -> &'static str {
         match self.status {
@@ -133,6 +138,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
+        // Kept with the response, so that a protocol with its own error shape can answer the
+        // same error in that shape without parsing the body back.
+        response.extensions_mut().insert(self.clone());
         if matches!(
             self.status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

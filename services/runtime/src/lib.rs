@@ -7,6 +7,7 @@ pub mod config;
 pub mod connections;
 pub mod error;
 pub mod metrics;
+pub mod open_inference;
 pub mod phases;
 pub mod process;
 pub mod server;

@@ -138,9 +138,9 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
         .with_state(ctx.clone())
         .merge(protected)
         .fallback(not_found)
-        .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
         .layer(middleware::from_fn_with_state(intake, body::buffer_body))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(ctx, observe))
 }
 
@@ -213,16 +213,18 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `ready` is the field KServe's clients read; `status` the one people do.
 async fn health(State(ctx): State<Arc<ServiceContext>>) -> Response {
     if ctx.is_shutting_down() {
-        let body = json!({"status": "shutting_down", "model": ctx.card.id});
+        let body = json!({"status": "shutting_down", "ready": false, "model": ctx.card.id});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(json!({"status": "ready", "model": ctx.card.id, "service": ctx.service})).into_response()
+    Json(json!({"status": "ready", "ready": true, "model": ctx.card.id, "service": ctx.service}))
+        .into_response()
 }
 
 async fn live() -> Json<Value> {
-    Json(json!({"status": "live"}))
+    Json(json!({"status": "live", "live": true}))
 }
 
 async fn metrics(State(ctx): State<Arc<ServiceContext>>) -> Response {
@@ -337,26 +339,46 @@ async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) 
 }
 
 /// Rewrites framework rejections (unknown method, body too large, bad JSON...) that come as
-/// plain text into the JSON error body every other error has.
+/// plain text into the JSON error body every other error has; under `/v2/`, KServe's Open
+/// Inference Protocol, every error takes that protocol's shape, `{"error": "..."}`.
 async fn json_errors(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let open_inference = path == "/v2" || path.starts_with("/v2/");
     let response = next.run(request).await;
     let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
-    let message = match String::from_utf8_lossy(&text).trim() {
-        "" => status.canonical_reason().unwrap_or("error").to_string(),
-        text => text.to_string(),
+    let (mut parts, body) = response.into_parts();
+    let error = match parts.extensions.remove::<ApiError>() {
+        Some(error) if open_inference => error,
+        Some(error) => {
+            parts.extensions.insert(error);
+            return Response::from_parts(parts, body);
+        }
+        None if is_json => return Response::from_parts(parts, body),
+        None => {
+            let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+            let message = match String::from_utf8_lossy(&text).trim() {
+                "" => status.canonical_reason().unwrap_or("error").to_string(),
+                text => text.to_string(),
+            };
+            ApiError::from_status(status, message)
+        }
     };
-    let mut rewritten = ApiError::from_status(status, message).into_response();
-    if let Some(allow) = parts.headers.get(header::ALLOW) {
-        rewritten.headers_mut().insert(header::ALLOW, allow.clone());
+    let mut rewritten = if open_inference {
+        (error.status, Json(error.open_inference_body())).into_response()
+    } else {
+        error.into_response()
+    };
+    for name in [header::ALLOW, header::RETRY_AFTER, header::CONNECTION] {
+        if let Some(value) = parts.headers.get(&name) {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
     }
     rewritten
 }
