@@ -414,7 +414,7 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
             .collect();
         // Wait until all four requests are being answered, then ask the server to stop.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !server_has_in_flight(&server, 4) {
+        while !common::has_in_flight(&server, 4) {
             assert!(std::time::Instant::now() < deadline, "requests never arrived");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
@@ -435,16 +435,6 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
 fn heavy_request() -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(fixture_image("synthetic-0-224x224.png"));
     json!({"images": vec![b64; 48]}).to_string()
-}
-
-/// True once the server reports at least `requests` requests in flight besides the metrics call.
-fn server_has_in_flight(server: &Server, requests: i64) -> bool {
-    let metrics = get(&server.url("/metrics")).text;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("http_requests_in_flight "))
-        .and_then(|v| v.parse::<i64>().ok())
-        .is_some_and(|n| n > requests)
 }
 
 #[test]

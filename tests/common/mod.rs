@@ -74,6 +74,11 @@ impl Server {
         for (k, v) in envs {
             command.env(k, v);
         }
+        Self::spawn(command, binary)
+    }
+
+    /// Runs `command`, which serves with JSON logs on stdout, and waits for its "ready" line.
+    pub fn spawn(mut command: Command, what: &str) -> Server {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -92,12 +97,14 @@ impl Server {
         loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("{binary} did not become ready; status {:?}", child.try_wait()));
+                .unwrap_or_else(|_| panic!("{what} did not become ready; status {:?}", child.try_wait()));
             let Ok(json) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
             if json["fields"]["message"] == "ready" {
-                let address = json["fields"]["address"].as_str().unwrap().to_string();
+                let address = json["fields"]["address"].as_str().unwrap();
+                // A server on every interface (in a container) is asked on loopback.
+                let address = address.replace("0.0.0.0:", "127.0.0.1:");
                 return Server {
                     child: Some(child),
                     base: format!("http://{address}"),
@@ -121,13 +128,18 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
+    pub fn terminate(self) -> ExitStatus {
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+        self.wait_for_exit()
+    }
+
+    /// Waits for the exit status of a server already sent a signal.
+    pub fn wait_for_exit(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
         wait_with_timeout(&mut child, Duration::from_secs(30))
     }
 }
@@ -465,4 +477,87 @@ pub fn failed_start(binary: &str, model: &Path) -> (Option<i32>, Vec<String>) {
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let status = wait_with_timeout(&mut child, Duration::from_secs(60));
     (status.code(), stderr.lines().map(str::to_string).collect())
+}
+
+/// True once the server reports more than `requests` requests in flight (the metrics call
+/// itself is one).
+pub fn has_in_flight(server: &Server, requests: i64) -> bool {
+    get(&server.url("/metrics"))
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("http_requests_in_flight "))
+        .and_then(|v| v.parse::<i64>().ok())
+        .is_some_and(|n| n > requests)
+}
+
+/// The container engine the image tests use: `podman`, or `docker` where its engine answers;
+/// `None`, with the reason printed, where neither works.
+pub fn container_engine() -> Option<String> {
+    let answers = |engine: &str, probe: &str| {
+        Command::new(engine)
+            .arg(probe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let engine = std::env::var("ENGINE").ok().or_else(|| {
+        ["podman", "docker"]
+            .into_iter()
+            .find(|engine| answers(engine, "--version"))
+            .map(str::to_string)
+    });
+    match engine {
+        Some(engine) if answers(&engine, "info") => Some(engine),
+        Some(engine) => {
+            eprintln!("skipped: `{engine} info` fails: no container engine runs here");
+            None
+        }
+        None => {
+            eprintln!("skipped: neither podman nor docker is installed");
+            None
+        }
+    }
+}
+
+/// Builds `<service>:latest` with scripts/container.sh from the binary cargo built, with
+/// `model` baked in when given, and answers the image's size in bytes.
+pub fn build_image(engine: &str, service: &str, model: Option<&Path>) -> u64 {
+    let mut command = Command::new(root().join("scripts/container.sh"));
+    command
+        .args(["build", service])
+        .env("ENGINE", engine)
+        .env("PREBUILT", "1");
+    command.args(model);
+    let status = command.status().expect("run scripts/container.sh");
+    assert!(status.success(), "building the {service} image failed: {status}");
+    let size = Command::new(engine)
+        .args([
+            "image",
+            "inspect",
+            &format!("{service}:latest"),
+            "--format",
+            "{{.Size}}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&size.stdout)
+        .trim()
+        .parse()
+        .expect("the image's size")
+}
+
+/// `scripts/container.sh run <service> <args>` on a free port, once the service is ready.
+pub fn run_image(engine: &str, service: &str, args: &[&str]) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut command = Command::new(root().join("scripts/container.sh"));
+    command
+        .args(["run", service])
+        .args(args)
+        .env("ENGINE", engine)
+        .env("PORT", port.to_string());
+    Server::spawn(command, &format!("the {service} container"))
 }

@@ -24,6 +24,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Exit 0 when the server on this machine is ready (a container health check).
+    Probe(runtime::ProbeArgs),
     /// Load the model, warm it up, then answer HTTP requests until SIGTERM.
     Serve {
         #[command(flatten)]
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
     };
     runtime::telemetry::init(mode);
     match cli.command {
+        Command::Probe(probe) => runtime::probe::run(&probe),
         Command::Serve {
             model,
             serve,
@@ -118,7 +121,7 @@ fn serve_http(
     };
     let mut phases = InitPhases::new();
     let (classifier, card) = match model::load(args, &mut phases) {
-        Ok(loaded) => loaded,
+        Ok((classifier, card)) => (classifier, card.served_as(serve.served_model_name.as_deref())),
         Err(e) => return runtime::startup_failure(&e),
     };
     let listener = match runtime::bind(serve, &mut phases) {

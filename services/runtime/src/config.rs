@@ -15,6 +15,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
 
+    /// The model's name in answers and in `/v2/models/{name}` (default: the hub repo id, or
+    /// the weights directory's name, which in a container is `model`).
+    #[arg(long, env = "SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+
     /// When set, every route but health needs `Authorization: Bearer <key>`.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -65,7 +70,7 @@ impl ServeArgs {
 }
 
 /// A number of seconds (fractions allowed) as a [`Duration`].
-fn parse_seconds(value: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(value: &str) -> Result<Duration, String> {
     let seconds: f64 = value
         .parse()
         .map_err(|_| format!("`{value}` is not a number of seconds"))?;

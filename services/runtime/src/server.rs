@@ -45,6 +45,19 @@ pub struct ModelCard {
     pub weights_path: PathBuf,
 }
 
+impl ModelCard {
+    /// The card with the name `--served-model-name` gives, if it gives one.
+    pub fn served_as(self, name: Option<&str>) -> Self {
+        match name {
+            Some(name) => Self {
+                id: name.to_string(),
+                ..self
+            },
+            None => self,
+        }
+    }
+}
+
 /// State shared by the operational routes and the middleware.
 #[derive(Debug)]
 pub struct ServiceContext {

@@ -27,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Exit 0 when the server on this machine is ready (a container health check).
+    Probe(runtime::ProbeArgs),
     /// Load the model, warm it up, then answer HTTP requests until SIGTERM.
     Serve {
         #[command(flatten)]
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
     };
     runtime::telemetry::init(mode);
     match cli.command {
+        Command::Probe(probe) => runtime::probe::run(&probe),
         Command::Serve {
             model,
             corpus,
@@ -152,7 +155,7 @@ fn serve_http(
 ) -> ExitCode {
     let mut phases = InitPhases::new();
     let (model, mut card) = match model::load(args, &mut phases) {
-        Ok(loaded) => loaded,
+        Ok((model, card)) => (model, card.served_as(serve.served_model_name.as_deref())),
         Err(e) => return runtime::startup_failure(&e),
     };
     let corpus = match corpus
