@@ -202,10 +202,8 @@ fn bad_requests_get_the_protocols_error_shape_and_the_server_stays_healthy() {
 
 #[test]
 fn the_kserve_python_client_gets_the_same_top5_as_v1_for_every_input_form() {
-    let Ok(python) = std::env::var("CLASSIFIER_TEST_PYTHON_KSERVE") else {
-        eprintln!(
-            "skipped: CLASSIFIER_TEST_PYTHON_KSERVE is not set (.ci/run sets it to a Python with `kserve`)"
-        );
+    let Ok(python) = std::env::var("DEPLOY_TEST_PYTHON") else {
+        eprintln!("skipped: DEPLOY_TEST_PYTHON is not set (.ci/run sets it to a Python with `kserve`)");
         return;
     };
     let server = tiny_server(&[]);

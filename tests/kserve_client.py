@@ -6,7 +6,7 @@ and for pixels preprocessed here with Pillow, as timm does, as FP32 (`[N, H, W, 
 
     python tests/kserve_client.py http://127.0.0.1:PORT PHOTO...
 
-Run by tests/classifier_kserve.rs when CLASSIFIER_TEST_PYTHON_KSERVE names a Python with
+Run by tests/classifier_kserve.rs when DEPLOY_TEST_PYTHON names a Python with
 `kserve` and Pillow (.ci/run makes one); prints one JSON line with what it saw, exits 1 on a
 mismatch.
 """
