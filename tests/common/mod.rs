@@ -561,3 +561,176 @@ pub fn run_image(engine: &str, service: &str, args: &[&str]) -> Server {
         .env("PORT", port.to_string());
     Server::spawn(command, &format!("the {service} container"))
 }
+
+/// A free port on loopback (free when asked; a test uses it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// `<binary> serve` as an AWS Lambda function, behind the Lambda Runtime API emulator of
+/// cargo-lambda (`cargo lambda watch --only-lambda-apis`); both stopped when dropped.
+pub struct LambdaFunction {
+    emulator: Child,
+    function: Child,
+    cargo_lambda: String,
+    port: u16,
+    /// The function's log lines up to and including its "ready" line.
+    pub init_log: Vec<String>,
+}
+
+impl LambdaFunction {
+    /// Starts the emulator and the function, or `None`, with the reason printed, where
+    /// `CARGO_LAMBDA` does not name cargo-lambda's binary (.ci/run installs it from PyPI).
+    pub fn start(binary: &str, args: &[&str], envs: &[(&str, &str)]) -> Option<Self> {
+        let Ok(cargo_lambda) = std::env::var("CARGO_LAMBDA") else {
+            eprintln!("skipped: CARGO_LAMBDA is not set (.ci/run sets it to cargo-lambda's binary)");
+            return None;
+        };
+        let port = free_port();
+        let emulator = Command::new(&cargo_lambda)
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "--invoke-port",
+                &port.to_string(),
+            ])
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cargo lambda watch");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the Lambda emulator did not open port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .args(args)
+            .env_remove("PORT")
+            .env_remove("MODEL")
+            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut function = command.spawn().expect("start the function");
+        let mut lines = BufReader::new(function.stdout.take().unwrap()).lines();
+        let mut init_log = Vec::new();
+        loop {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| panic!("{binary} ended before it was ready: {init_log:?}"));
+            let ready = line.contains("ready: serving AWS Lambda invocations");
+            init_log.push(line);
+            if ready {
+                break;
+            }
+        }
+        // Later lines are drained so that the function never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Some(Self {
+            emulator,
+            function,
+            cargo_lambda,
+            port,
+            init_log,
+        })
+    }
+
+    /// `path` behind the emulator's Function URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/lambda-url/_{path}", self.port)
+    }
+
+    /// `host:port` of the emulator's invoke endpoint, for tests that talk TCP.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Invokes the function with `event` through `cargo lambda invoke`; answers its response.
+    pub fn invoke(&self, event: &Value) -> Value {
+        let file = temp_dir("lambda-event").join("event.json");
+        std::fs::write(&file, event.to_string()).unwrap();
+        let output = Command::new(&self.cargo_lambda)
+            .args([
+                "lambda",
+                "invoke",
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+            ])
+            .arg(self.port.to_string())
+            .arg("--data-file")
+            .arg(&file)
+            .args(["--output-format", "json", "_"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cargo lambda invoke failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("the invocation's JSON response")
+    }
+}
+
+impl Drop for LambdaFunction {
+    fn drop(&mut self) {
+        for child in [&mut self.function, &mut self.emulator] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An API Gateway REST API (payload 1.0) proxy event: `method path` with `body`, base64-encoded
+/// when `binary`, under the stage `prod`.
+pub fn api_gateway_rest_event(
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    binary: bool,
+) -> Value {
+    use base64::Engine;
+    let body = if binary {
+        base64::engine::general_purpose::STANDARD.encode(body)
+    } else {
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    serde_json::json!({
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": {"content-type": content_type},
+        "multiValueHeaders": {"content-type": [content_type]},
+        "queryStringParameters": null,
+        "multiValueQueryStringParameters": null,
+        "pathParameters": {"proxy": path.trim_start_matches('/')},
+        "stageVariables": null,
+        "requestContext": {
+            "resourcePath": "/{proxy+}",
+            "httpMethod": method,
+            "path": format!("/prod{path}"),
+            "stage": "prod",
+            "requestId": "test-request",
+            "accountId": "123456789012",
+            "apiId": "test",
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "body": body,
+        "isBase64Encoded": binary,
+    })
+}

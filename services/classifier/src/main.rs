@@ -82,6 +82,7 @@ enum Command {
 
 fn main() -> ExitCode {
     runtime::pin_compute_threads();
+    runtime::lambda::prepare_environment();
     runtime::keep_large_allocations();
     let cli = Cli::parse();
     let mode = match cli.command {

@@ -6,6 +6,7 @@ pub mod body;
 pub mod config;
 pub mod connections;
 pub mod error;
+pub mod lambda;
 pub mod metrics;
 pub mod open_inference;
 pub mod phases;
@@ -24,23 +25,34 @@ pub use process::{keep_large_allocations, pin_compute_threads, run_at_idle_prior
 pub use server::{app, run, sha256_file, shutdown_signal, ModelCard, ServiceContext};
 pub use worker::{Arrival, JobQueue, ModelWorker};
 
-/// Binds the service's port (the last init phase: nothing listens before the model is ready).
-pub fn bind(
-    args: &ServeArgs,
-    phases: &mut InitPhases,
-) -> Result<std::net::TcpListener, std::process::ExitCode> {
+/// Where requests come from: a port, or AWS Lambda's Runtime API.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(std::net::TcpListener),
+    Lambda(lambda::InvokeMode),
+}
+
+/// Binds the service's port (the last init phase: nothing listens before the model is ready);
+/// as a Lambda function, where invocations come from the Runtime API, binds nothing.
+pub fn bind(args: &ServeArgs, phases: &mut InitPhases) -> Result<Listener, std::process::ExitCode> {
+    if lambda::is_lambda() {
+        return lambda::InvokeMode::from_env()
+            .map(Listener::Lambda)
+            .map_err(|e| startup_failure(&e));
+    }
     phases
         .run("bind", || std::net::TcpListener::bind((args.host, args.port)))
+        .map(Listener::Tcp)
         .map_err(|e| startup_failure(&format!("cannot listen on {}:{}: {e}", args.host, args.port)))
 }
 
-/// Serves `routes` (plus health, metrics and the model card) on `listener` until SIGTERM or
+/// Serves `routes` (plus health, metrics and the model card) from `listener` until SIGTERM or
 /// SIGINT, then drains; answers the process's exit code.
 pub fn serve(
     ctx: std::sync::Arc<ServiceContext>,
     routes: axum::Router,
     args: &ServeArgs,
-    listener: std::net::TcpListener,
+    listener: Listener,
 ) -> std::process::ExitCode {
     let app = app(ctx.clone(), routes, args);
     process::raise_open_files_limit();
@@ -49,6 +61,12 @@ pub fn serve(
         .build()
         .and_then(|rt| {
             rt.block_on(async {
+                let listener = match listener {
+                    Listener::Tcp(listener) => listener,
+                    Listener::Lambda(mode) => {
+                        return lambda::run(app, mode).await.map_err(std::io::Error::other);
+                    }
+                };
                 listener.set_nonblocking(true)?;
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 let limits = connections::ConnectionLimits {
