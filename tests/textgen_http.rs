@@ -135,56 +135,7 @@ fn greedy_text_and_echo_logprobs_match(server: &Server, case: &Value) {
 
 /// Reads an SSE response: the `data:` payloads in order.
 fn sse(server: &Server, body: Value) -> Vec<String> {
-    let address = server.base.trim_start_matches("http://").to_string();
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    let body = body.to_string();
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.contains("200"), "{line}");
-    let mut saw_event_stream = false;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        let header = line.trim_end().to_ascii_lowercase();
-        saw_event_stream |= header.starts_with("content-type: text/event-stream");
-        if header.is_empty() {
-            break;
-        }
-    }
-    assert!(saw_event_stream, "not an event stream");
-    let text = String::from_utf8(dechunk(&mut reader)).unwrap();
-    // Only `data:` lines and the blank lines between events: the 0.x `openai` clients take any
-    // other non-empty line (an SSE comment, say) for a chunk and fail on it.
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| match l.strip_prefix("data: ") {
-            Some(data) => data.to_string(),
-            None => panic!("a line that is not data in the stream: {l:?}"),
-        })
-        .collect()
-}
-
-/// The body of a chunked HTTP/1.1 answer.
-fn dechunk(reader: &mut impl BufRead) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let mut size = String::new();
-        reader.read_line(&mut size).unwrap();
-        let size = usize::from_str_radix(size.trim_end(), 16).unwrap();
-        if size == 0 {
-            return body;
-        }
-        let mut chunk = vec![0; size + 2];
-        reader.read_exact(&mut chunk).unwrap();
-        body.extend_from_slice(&chunk[..size]);
-    }
+    common::sse(server.address(), "/v1/completions", &body)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -733,4 +733,58 @@ pub fn api_gateway_rest_event(
         "body": body,
         "isBase64Encoded": binary,
     })
+}
+
+/// POSTs `body` to `path` on `address` and answers the `data:` of each event of the Server-Sent
+/// Events answer, checking its status and content type.
+pub fn sse(address: &str, path: &str, body: &Value) -> Vec<String> {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("200"), "{line}");
+    let mut saw_event_stream = false;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let header = line.trim_end().to_ascii_lowercase();
+        saw_event_stream |= header.starts_with("content-type: text/event-stream");
+        if header.is_empty() {
+            break;
+        }
+    }
+    assert!(saw_event_stream, "not an event stream");
+    let text = String::from_utf8(dechunk(&mut reader)).unwrap();
+    // Only `data:` lines and the blank lines between events: the 0.x `openai` clients take any
+    // other non-empty line (an SSE comment, say) for a chunk and fail on it.
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.strip_prefix("data: ") {
+            Some(data) => data.to_string(),
+            None => panic!("a line that is not data in the stream: {l:?}"),
+        })
+        .collect()
+}
+
+/// The body of a chunked HTTP/1.1 answer.
+pub fn dechunk(reader: &mut impl BufRead) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).unwrap();
+        let size = usize::from_str_radix(size.trim_end(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        body.extend_from_slice(&chunk[..size]);
+    }
 }

@@ -20,6 +20,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
 
+    /// Origins whose pages may call the service from a browser (CORS), comma-separated, or `*`
+    /// for any; none by default.
+    #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allow_origin: Vec<axum::http::HeaderValue>,
+
     /// When set, every route but health needs `Authorization: Bearer <key>`.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -67,6 +72,16 @@ impl ServeArgs {
         self.max_buffered_bytes
             .unwrap_or_else(|| self.max_body_bytes.saturating_mul(8))
     }
+}
+
+/// An origin (`https://app.example.com`) or `*`, as its header value.
+fn parse_origin(value: &str) -> Result<axum::http::HeaderValue, String> {
+    let value = value.trim();
+    let is_origin = value == "*" || value.starts_with("http://") || value.starts_with("https://");
+    axum::http::HeaderValue::from_str(value)
+        .ok()
+        .filter(|_| is_origin && !value.ends_with('/'))
+        .ok_or_else(|| format!("`{value}` is not an origin (scheme://host[:port], no path) or `*`"))
 }
 
 /// A number of seconds (fractions allowed) as a [`Duration`].

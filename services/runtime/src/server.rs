@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::body::{self, BodyIntake};
 use crate::config::ServeArgs;
@@ -144,7 +145,7 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
             args.api_key.as_deref().map(ApiKey::new).map(Arc::new),
             authorize,
         ));
-    Router::new()
+    let app = Router::new()
         .route("/health", get(health))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(health))
@@ -153,8 +154,33 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(args.max_body_bytes))
         .layer(middleware::from_fn_with_state(intake, body::buffer_body))
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn_with_state(ctx, observe))
+        .layer(middleware::from_fn(json_errors));
+    let app = match cors(&args.cors_allow_origin) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(middleware::from_fn_with_state(ctx, observe))
+}
+
+/// Browsers' cross-origin calls from `origins` (`*`: any), answered before the API key is
+/// asked for: a preflight carries no credentials.
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .expose_headers([HeaderName::from_static("x-latency-ms")])
+            .max_age(Duration::from_secs(3600)),
+    )
 }
 
 /// Serves `app` on `listener`, within `limits`, until `shutdown` completes, then stops

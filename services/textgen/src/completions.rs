@@ -49,6 +49,15 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
     pub top_k: Option<u64>,
     pub repetition_penalty: Option<f32>,
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// `stream_options` of a streamed completion.
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    /// A last chunk, before `[DONE]`, with no choices and the request's `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 /// A validated request: tokenized prompts and the options of every choice.
@@ -61,6 +70,8 @@ pub struct Completion {
     pub seed: u64,
     pub echo: bool,
     pub stream: bool,
+    /// A streamed answer ends with a `usage` chunk.
+    pub include_usage: bool,
 }
 
 /// The most choices (`len(prompt) * n`) one request may ask for.
@@ -107,6 +118,9 @@ impl CompletionRequest {
                 "logprobs must be between 0 and 5, got {}",
                 logprobs.unwrap_or(0)
             )));
+        }
+        if self.stream_options.is_some() && !self.stream {
+            return Err(invalid("stream_options is only allowed when stream is true"));
         }
         let stop = match self.stop {
             None => Vec::new(),
@@ -201,6 +215,7 @@ impl CompletionRequest {
             seed: self.seed.map_or_else(rand::random, |s| s as u64),
             echo: self.echo,
             stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
         })
     }
 }

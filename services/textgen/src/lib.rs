@@ -4,5 +4,7 @@
 pub mod completions;
 pub mod embeddings;
 pub mod model;
+pub mod rerank;
 pub mod routes;
 pub mod search;
+pub mod tokenize;

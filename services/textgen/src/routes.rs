@@ -1,5 +1,6 @@
 //! The textgen HTTP routes: OpenAI's completions API, as one JSON answer or as Server-Sent
-//! Events (one chunk per token, then `data: [DONE]`); the legacy search API; embeddings.
+//! Events (one chunk per token, then `data: [DONE]`); the legacy search API; embeddings; the
+//! reranking and tokenizer routes of peer servers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,14 +15,16 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use runtime::{ApiError, ModelWorker};
 use serde_json::{json, Map, Value};
-use text::retrieval::Corpus;
+use text::retrieval::{Corpus, SearchHit};
 use text::{GenerateOptions, TokenLogprob};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::completions::{Completion, CompletionRequest};
 use crate::embeddings::EmbeddingsRequest;
 use crate::model::{ChoiceJob, Event, Job, TextModel};
-use crate::search::{RerankArgs, SearchRequest};
+use crate::rerank::{CohereRerankRequest, TeiRerankRequest};
+use crate::search::{RerankArgs, Search, SearchRequest};
+use crate::tokenize::{DetokenizeRequest, TokenizeRequest};
 
 /// What the routes share.
 pub struct AppState {
@@ -52,7 +55,8 @@ pub struct ApiLimits {
 
 /// Completions, search and embeddings under `/v1` and `/v1/engines/{engine}` (the engine is
 /// whatever the client names: one model is served), and `/` and `/invocations` (what FaaS
-/// wrappers call) for completions.
+/// wrappers call) for completions; reranking in text-embeddings-inference's shape (`/rerank`)
+/// and Cohere's (`/v1/rerank`); vLLM's `/tokenize` and `/detokenize`.
 pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
@@ -63,6 +67,10 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/engines/{engine}/search", post(search))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/engines/{engine}/embeddings", post(embeddings))
+        .route("/rerank", post(rerank))
+        .route("/v1/rerank", post(rerank_v1))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .with_state(state)
 }
 
@@ -79,7 +87,42 @@ async fn reply<T>(receiver: oneshot::Receiver<Result<T, text::TextError>>) -> Re
 }
 
 async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let request: SearchRequest = parse(&body)?;
+    let (search, hits) = run_search(&state, parse(&body)?).await?;
+    Ok(Json(crate::search::answer(&state.model_id, &search, &hits)))
+}
+
+/// text-embeddings-inference's `/rerank`.
+async fn rerank(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: TeiRerankRequest = parse(&body)?;
+    let (_, hits) = run_search(&state, request.search()).await?;
+    Ok(Json(request.answer(&hits)))
+}
+
+/// Cohere's and Jina's `/v1/rerank`.
+async fn rerank_v1(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: CohereRerankRequest = parse(&body)?;
+    let (_, hits) = run_search(&state, request.search()?).await?;
+    Ok(Json(request.answer(&state.model_id, &hits)))
+}
+
+/// vLLM's `/tokenize`, off the async runtime (a long text takes a while).
+async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: TokenizeRequest = parse(&body)?;
+    let model = state.model.clone();
+    tokio::task::spawn_blocking(move || request.answer(&model.tokenizer, model.gpt2.config().n_positions))
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizing task failed: {e}")))?
+        .map(Json)
+}
+
+/// vLLM's `/detokenize`.
+async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: DetokenizeRequest = parse(&body)?;
+    request.answer(&state.model.tokenizer).map(Json)
+}
+
+/// Validates a search, runs it on the model thread, and answers it with its hits, best first.
+async fn run_search(state: &AppState, request: SearchRequest) -> Result<(Search, Vec<SearchHit>), ApiError> {
     let search = request.validate(
         state.corpus.as_ref(),
         &state.model.tokenizer,
@@ -96,7 +139,7 @@ async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<
     let hits = reply(receiver)
         .await?
         .ok_or_else(|| ApiError::internal("the search stopped before finishing"))?;
-    Ok(Json(crate::search::answer(&state.model_id, &search, &hits)))
+    Ok((search, hits))
 }
 
 async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -159,6 +202,7 @@ struct Answer {
     logprobs: bool,
     prompts: Vec<Vec<u32>>,
     n: usize,
+    include_usage: bool,
 }
 
 /// One choice's text and logprobs as they accumulate.
@@ -186,6 +230,7 @@ impl Answer {
             logprobs: completion.options.logprobs.is_some(),
             prompts: completion.prompts.clone(),
             n: completion.n,
+            include_usage: completion.include_usage,
         }
     }
 
@@ -256,6 +301,17 @@ impl Answer {
         json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_id, "choices": choices})
     }
 
+    /// OpenAI's `usage` of the whole request, from its choices' completion tokens.
+    fn usage(&self, choices: &[Choice]) -> Value {
+        let prompt_tokens: usize = self.prompts.iter().map(Vec::len).sum::<usize>() * self.n;
+        let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
+        json!({
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        })
+    }
+
     /// Waits for every choice and answers the whole completion.
     async fn collect(self, mut receiver: mpsc::UnboundedReceiver<Event>) -> Result<Value, ApiError> {
         let count = self.prompts.len() * self.n;
@@ -286,8 +342,7 @@ impl Answer {
         if choices.iter().any(|c| c.finish_reason.is_none()) {
             return Err(ApiError::internal("the model thread stopped before finishing"));
         }
-        let prompt_tokens: usize = self.prompts.iter().map(Vec::len).sum::<usize>() * self.n;
-        let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
+        let usage = self.usage(&choices);
         let choices: Vec<Value> = choices
             .into_iter()
             .enumerate()
@@ -301,15 +356,12 @@ impl Answer {
             })
             .collect();
         let mut answer = self.envelope(Value::Array(choices));
-        answer["usage"] = json!({
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        });
+        answer["usage"] = usage;
         Ok(answer)
     }
 
-    /// One SSE chunk per event as the model produces it, then `[DONE]`. Dropping the stream
+    /// One SSE chunk per event as the model produces it, then, with `include_usage`, a chunk
+    /// with no choices and the `usage`, then `[DONE]`. Dropping the stream
     /// (the client went away) closes the channel, which stops the generation. A prompt piece
     /// that adds nothing to the answer (no `echo`) sends nothing, not even an SSE comment: the
     /// 0.x `openai` clients read every non-empty line as a chunk.
@@ -320,9 +372,15 @@ impl Answer {
         let count = self.prompts.len() * self.n;
         let choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
         stream::unfold(Some((self, receiver, choices)), |state| async move {
-            let (answer, mut receiver, mut choices) = state?;
+            let (mut answer, mut receiver, mut choices) = state?;
             let chunk = loop {
                 match receiver.recv().await {
+                    None if answer.include_usage => {
+                        answer.include_usage = false;
+                        let mut chunk = answer.envelope(json!([]));
+                        chunk["usage"] = answer.usage(&choices);
+                        break chunk;
+                    }
                     None => return Some((Ok(SseEvent::default().data("[DONE]")), None)),
                     Some(Event::Prompt { choice, logprobs }) => {
                         let before = choices[choice].text.len();
@@ -332,11 +390,21 @@ impl Answer {
                         }
                     }
                     Some(Event::Token { choice, step }) => {
-                        let logprobs = answer.add(&mut choices[choice], &step.text, step.token, step.logprob.as_ref());
+                        let logprobs = answer.add(
+                            &mut choices[choice],
+                            &step.text,
+                            step.token,
+                            step.logprob.as_ref(),
+                        );
                         break answer.envelope(json!([{"text": step.text, "index": choice, "logprobs": logprobs, "finish_reason": null}]));
                     }
-                    Some(Event::Done { choice, finish_reason, .. }) => {
-                        break answer.envelope(json!([{"text": "", "index": choice, "logprobs": null, "finish_reason": finish_reason.as_str()}]))
+                    Some(Event::Done {
+                        choice,
+                        finish_reason,
+                        completion_tokens,
+                    }) => {
+                        choices[choice].completion_tokens = completion_tokens;
+                        break answer.envelope(json!([{"text": "", "index": choice, "logprobs": null, "finish_reason": finish_reason.as_str()}]));
                     }
                     Some(Event::Failed(message)) => {
                         break json!({"error": {"message": format!("generation failed: {message}"), "type": "server_error", "code": "internal_error"}})

@@ -1,0 +1,55 @@
+//! vLLM's `/tokenize` and `/detokenize`: a text's GPT-2 token ids, and the text of token ids.
+
+use runtime::ApiError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use text::Gpt2Tokenizer;
+
+/// `{"prompt": "..."}`; other fields (`model`, `add_special_tokens`) are accepted and ignored:
+/// GPT-2 adds no special tokens.
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    pub prompt: String,
+}
+
+/// `{"tokens": [...]}`.
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    pub tokens: Vec<u64>,
+}
+
+impl TokenizeRequest {
+    /// `{"tokens", "count", "max_model_len"}`; `<|endoftext|>` in the text is the special token,
+    /// as in completions' prompts.
+    pub fn answer(&self, tokenizer: &Gpt2Tokenizer, context: usize) -> Result<Value, ApiError> {
+        let tokens = tokenizer
+            .encode(&self.prompt)
+            .map_err(|e| ApiError::invalid("invalid_value", e.to_string()))?;
+        Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": context}))
+    }
+}
+
+impl DetokenizeRequest {
+    /// `{"prompt"}`: the tokens' bytes as text, any bytes that are not UTF-8 (a character cut
+    /// between tokens) as U+FFFD.
+    pub fn answer(&self, tokenizer: &Gpt2Tokenizer) -> Result<Value, ApiError> {
+        let vocab = tokenizer.vocab_size();
+        let ids = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                u32::try_from(id)
+                    .ok()
+                    .filter(|&id| (id as usize) < vocab)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "invalid_value",
+                            format!("tokens[{i}] is {id}, outside the vocabulary of {vocab}"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
+        Ok(json!({"prompt": tokenizer.decode(&ids)}))
+    }
+}
