@@ -359,12 +359,7 @@ fn the_write_ups_examples_run_unchanged_with_openai_0_25() {
 }
 
 fn search(server: &Server, path: &str, body: Value) -> common::Answer {
-    post(
-        &server.url(path),
-        Some("application/json"),
-        body.to_string().as_bytes(),
-        &[],
-    )
+    common::post_json(&server.url(path), &body)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{post, Server};
+use common::Server;
 use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_textgen");
@@ -18,12 +18,7 @@ fn start(extra: &[&str]) -> Server {
 }
 
 fn call(server: &Server, path: &str, body: &Value) -> common::Answer {
-    post(
-        &server.url(path),
-        Some("application/json"),
-        body.to_string().as_bytes(),
-        &[],
-    )
+    common::post_json(&server.url(path), body)
 }
 
 #[test]

@@ -246,6 +246,11 @@ pub fn post(url: &str, content_type: Option<&str>, body: &[u8], headers: &[(&str
     answer(request.send_bytes(body))
 }
 
+/// POSTs `body` as JSON.
+pub fn post_json(url: &str, body: &Value) -> Answer {
+    post(url, Some("application/json"), body.to_string().as_bytes(), &[])
+}
+
 /// A multipart/form-data body of file parts (name, file name, bytes) and text fields.
 pub fn multipart(files: &[(&str, &str, &[u8])], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
     let boundary = "----classifier-test-boundary-7d1f";
