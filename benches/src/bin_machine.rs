@@ -1,6 +1,6 @@
 //! This machine's ceilings, on one thread and on all: multiply-adds per second and read
 //! bandwidth with one and four streams per thread, and what the other threads add. Run it
-//! beside the model figures: on a machine whose second core adds 1.3x in arithmetic, no amount
+//! beside the model figures: on a machine whose second core adds little arithmetic, no amount
 //! of batching makes concurrency 16 twice concurrency 1.
 
 use benches::machine::{multiply_add_rate, read_rate};

@@ -39,7 +39,7 @@ pub enum Activation {
     Relu6,
     /// GELU in its tanh form, `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))` (GPT-2's
     /// `gelu_new`). In vectors it is computed as `x / (1 + e^(-2u))`, which equals
-    /// `0.5 x (1 + tanh u)`: libm's `tanhf` took a tenth of a batched decode step.
+    /// `0.5 x (1 + tanh u)`: libm's scalar `tanhf` was a visible share of a batched decode step.
     GeluTanh,
 }
 
@@ -1127,7 +1127,7 @@ mod pairs {
 /// The AVX-512 tiles of 8 rows of f32, which nearly every tile of a large product is, with
 /// their step written out in assembly for one, two or three vectors of columns: compiled from
 /// the generic tile, the eight rows' activation addresses took integer instructions on the
-/// ports the multiply-adds use, and the tile ran at about 60% of the multiply-add rate. Here
+/// ports the multiply-adds use, and the tile ran well below the multiply-add rate. Here
 /// the rows are addressed from two pointers and a stride, so a step of the 48-column tile is
 /// three weight loads, eight broadcasts and 24 multiply-adds, and the loop costs four integer
 /// instructions.

@@ -5,10 +5,11 @@
 //!
 //! A general GEMM packs the whole weight matrix for each call, which for one row costs more than
 //! the product itself. Splitting the work by output column is no better: each thread then reads
-//! a short piece of every weight row and the hardware prefetchers lose the stream (11 GB/s here
-//! against the 21 GB/s this machine reads). So [`rows_times_matrix`] splits the *inputs* between threads:
-//! each reads its own block of the matrix (for one row, four far-apart streams of it) into its
-//! own partial sums, added at the end. Products of many rows go through [`simd::gemm`].
+//! a short piece of every weight row and the hardware prefetchers lose the stream (about half
+//! the machine's read bandwidth, docs/performance.md). So [`rows_times_matrix`] splits the
+//! *inputs* between threads: each reads its own block of the matrix (for one row, four
+//! far-apart streams of it) into its own partial sums, added at the end. Products of many rows
+//! go through [`simd::gemm`].
 
 use std::ops::Range;
 
@@ -18,19 +19,19 @@ use simd::gemm::Weight;
 use simd::{dispatch, F32x, Kernel, Level};
 
 /// Weight rows per chunk of the several-row product: a thread's sums for a tile of columns
-/// stay in registers across the chunk, and its prefetches run one chunk ahead (sixteen and
-/// thirty-two were 5-10% slower, four 15%).
+/// stay in registers across the chunk, and its prefetches run one chunk ahead (longer and
+/// shorter chunks measured slower: docs/performance.md, tuning notes).
 const INPUT_CHUNK: usize = 8;
 
 /// Weight rows a thread reads at once in a one-row product, each from its own quarter of the
 /// thread's block: the weights then arrive as four streams far apart, which the prefetchers
-/// serve faster than one (twelve layers' products 14-17% faster than four adjacent rows, the
-/// LM head 20% faster than one row at a time; eight streams were slower than four).
+/// serve faster than one (four adjacent rows, one row at a time and eight streams all measured
+/// slower: docs/performance.md, tuning notes).
 const STREAMS: usize = 4;
 
 /// Parallel tasks per thread of [`rows_times_transposed`]: equal blocks of rows, a few per thread
-/// so that a thread slowed by the machine can hand some on. Fixed blocks of 512 rows split
-/// a 768-row matrix 512:256 between two threads (bf16 layers ran 12% slower that way).
+/// so that a thread slowed by the machine can hand some on. Fixed blocks of 512 rows would
+/// split a 768-row matrix 512:256 between two threads, one doing twice the other's work.
 const TASKS_PER_THREAD: usize = 4;
 
 /// The inner loops, written once for every level of vector instructions: the compiler's own
@@ -48,7 +49,7 @@ mod kernels {
     /// of a lone generation, which is bound by the weight stream. The activations are
     /// broadcast once per call and held in registers, so each weight vector costs a load, four
     /// multiply-adds and the load and store of its sum (a version shared with several rows
-    /// spent twice the instructions per weight and decoded 10-14% slower).
+    /// spent twice the instructions per weight, and decoding was slower for it).
     ///
     /// # Safety
     /// The CPU must have `V`'s instructions.
@@ -87,8 +88,8 @@ mod kernels {
     /// runs as a small matrix product: chunks of [`INPUT_CHUNK`] weight rows, each cut in tiles
     /// of two vectors of columns whose sums for four activation rows stay in registers across
     /// the chunk; the first row group of a tile prefetches the same columns of the next chunk,
-    /// so the weight stream runs on while the tile computes. Eight rows ran 18% faster than
-    /// summing four weight rows at a time into every sum row, sixteen 45% faster.
+    /// so the weight stream runs on while the tile computes, which measured faster than summing
+    /// four weight rows at a time into every sum row.
     ///
     /// # Safety
     /// The CPU must have `V`'s instructions.

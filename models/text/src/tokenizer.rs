@@ -3,8 +3,9 @@
 //! character.
 //!
 //! The BPE is written here rather than taken from Hugging Face's `tokenizers`: building that
-//! crate's model from GPT-2's 50,000 merges took 100-190 ms of every textgen cold start, beside
-//! the weight read and slowing it; this one builds in 40-90 ms. What it must equal is
+//! crate's model from GPT-2's 50,000 merges was a large part of every textgen cold start,
+//! beside the weight read and slowing it, and this one builds in less than half the time
+//! (docs/performance.md). What it must equal is
 //! checked token for token against OpenAI's `tiktoken` (tests/tokenizer.rs) and against files
 //! `tokenizers` writes.
 

@@ -20,16 +20,15 @@ use simd::Level;
 use crate::depthwise;
 use crate::ops::{contiguous_f32, Activation, ConvGeometry, Plan};
 
-/// Expanded activation per strip, in bytes: about one core's L2 (512 KiB here). Batch 32 at
-/// 224 ran 15-20% faster than layer by layer with strips of 512 KiB to 1 MiB, less with
-/// 192 KiB (the second block's strips were then one output row, expanding three input rows
-/// for two); a 14x14 or 7x7 layer is one strip.
+/// Expanded activation per strip, in bytes: about one core's L2. Smaller strips gain less
+/// (the second block's strips become one output row, expanding three input rows for two);
+/// a 14x14 or 7x7 layer is one strip.
 const STRIP_BYTES: usize = 512 << 10;
 
 /// Fewest output rows in a strip cut only to give each thread one: with fewer, the input rows
-/// two strips share and both expand cost more than the split saves (a 7x7 block, in strips of
-/// 4 and 3 rows, ran 10% slower; 14x14 and 28x28 blocks in two strips ran 14-21% faster at
-/// batch 1 than each layer split between the threads).
+/// two strips share and both expand cost more than the split saves (a 7x7 block in strips of
+/// 4 and 3 rows measured slower; 14x14 and 28x28 blocks in two strips faster at batch 1 than
+/// each layer split between the threads).
 const MIN_SHARED_STRIP_ROWS: usize = 6;
 
 /// The block's weights; the input `x` (N, H, W, Cin) and the depthwise weight (K, K, C) and

@@ -176,13 +176,13 @@ impl MobileNetV2 {
     /// Pooled features (batch, feature_dim) of normalised images (batch, height, width, 3).
     /// The images of a batch run as passes of one image each, side by side: each thread
     /// mostly works through its own image, whose activations stay in the last-level cache,
-    /// and the layers' parallel loops split only to balance the ends (batch 32 at 224 ran at
-    /// 13.3 ms per image in passes of 4 images, at 10.2 in passes of one; since the blocks
-    /// run in strips, passes of 1 to 4 images measure the same).
+    /// and the layers' parallel loops split only to balance the ends (passes of several images
+    /// measured slower per image when the blocks ran layer by layer; in strips they measure
+    /// the same).
     pub fn features(&self, images: &Tensor) -> candle_core::Result<Tensor> {
         // On a rayon worker, each layer's parallel loop starts inside the pool; from outside,
-        // every one of the 60 layers would put this thread to sleep and wake it again (the
-        // scheduler took 10% of a batch-1 pass, 4.6% this way).
+        // every one of the 60 layers would put this thread to sleep and wake it again, and the
+        // scheduler's share of a batch-1 pass was twice what it is this way.
         rayon::scope(|_| {
             let batch = images.dim(0)?;
             if batch == 1 {
