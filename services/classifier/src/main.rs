@@ -32,7 +32,8 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         serve: ServeArgs,
-        /// Most images in one model batch (queued requests are batched together).
+        /// Most images in one model batch (queued requests are batched together; one request
+        /// with more images runs as a batch of its own).
         #[arg(long, env = "MAX_BATCH", default_value_t = 32)]
         max_batch: usize,
         /// Most images one request may carry.

@@ -126,8 +126,9 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Vec<ImageOutput>, String>>,
 }
 
-/// Starts the model thread: each wake-up runs the queued jobs' images as one batch, waiting up
-/// to `batch_window` for requests that are being decoded meanwhile.
+/// Starts the model thread: each wake-up runs the queued jobs' images as one batch of at most
+/// `max_batch_images` images (a request with more runs alone), waiting up to `batch_window`
+/// for requests that are being decoded meanwhile.
 pub fn spawn_worker(
     classifier: Arc<ImageClassifier>,
     capacity: usize,
@@ -141,6 +142,7 @@ pub fn spawn_worker(
         max_batch_images,
         batch_window,
         metrics,
+        |job: &Job| job.images.len(),
         move |jobs: Vec<Job>| {
             let images: Vec<&[f32]> = jobs
                 .iter()

@@ -97,37 +97,51 @@ impl<J: Send + 'static> ModelWorker<J> {
         Ok(Self { sender, arriving })
     }
 
-    /// Starts a thread that hands `handle` up to `max_batch` jobs at a time: after the first
-    /// job of a batch, it takes what is queued and, up to `batch_window` (zero: never), waits
-    /// for announced jobs ([`ModelWorker::arriving`]). A panic inside `handle` drops that batch's
-    /// jobs (their callers see an error) and the thread carries on.
+    /// Starts a thread that hands `handle` batches of jobs costing up to `max_batch_cost`
+    /// together (`cost`: a job's inputs, images say, not one per request): after the first job
+    /// of a batch, it takes what is queued and, up to `batch_window` (zero: never), waits for
+    /// announced jobs ([`ModelWorker::arriving`]). A job that would take the batch past the
+    /// limit starts the next one; a job costing more than the limit alone runs as a batch of
+    /// its own. A panic inside `handle` drops that batch's jobs (their callers see an error) and
+    /// the thread carries on.
     pub fn spawn(
         name: &str,
         capacity: usize,
-        max_batch: usize,
+        max_batch_cost: usize,
         batch_window: Duration,
         metrics: Arc<Metrics>,
+        cost: impl Fn(&J) -> usize + Send + 'static,
         mut handle: impl FnMut(Vec<J>) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let max_batch = max_batch.max(1);
         Self::spawn_scheduler(name, capacity, move |queue| {
-            while let Some(first) = queue.wait() {
+            let mut carried: Option<J> = None;
+            while let Some(first) = carried.take().or_else(|| queue.wait()) {
                 let closes = Instant::now() + batch_window;
+                let mut batch_cost = cost(&first);
                 let mut batch = vec![first];
-                while batch.len() < max_batch {
-                    if let Some(job) = queue.poll() {
-                        batch.push(job);
-                        continue;
-                    }
-                    let now = Instant::now();
-                    if queue.arriving() == 0 || now >= closes {
+                while batch_cost < max_batch_cost {
+                    let job = match queue.poll() {
+                        Some(job) => job,
+                        None => {
+                            let now = Instant::now();
+                            if queue.arriving() == 0 || now >= closes {
+                                break;
+                            }
+                            match queue.poll_until(closes.min(now + ARRIVAL_CHECK)) {
+                                Some(job) => job,
+                                None => continue,
+                            }
+                        }
+                    };
+                    let job_cost = cost(&job);
+                    if batch_cost + job_cost > max_batch_cost {
+                        carried = Some(job);
                         break;
                     }
-                    if let Some(job) = queue.poll_until(closes.min(now + ARRIVAL_CHECK)) {
-                        batch.push(job);
-                    }
+                    batch_cost += job_cost;
+                    batch.push(job);
                 }
-                metrics.observe_batch(batch.len());
+                metrics.observe_batch(batch_cost);
                 if catch_unwind(AssertUnwindSafe(|| handle(batch))).is_err() {
                     tracing::error!("the model thread panicked on a batch; its requests get 500");
                 }
@@ -160,14 +174,52 @@ mod tests {
 
     use super::*;
 
+    /// A worker whose jobs cost their own value, at most 8 a batch.
     fn worker(window: Duration) -> (ModelWorker<u32>, Receiver<Vec<u32>>) {
         let (batches, received) = channel();
         let metrics = Arc::new(Metrics::default());
-        let worker = ModelWorker::spawn("test-model", 8, 8, window, metrics, move |batch: Vec<u32>| {
-            let _ = batches.send(batch);
-        })
+        let cost = |job: &u32| *job as usize;
+        let worker = ModelWorker::spawn(
+            "test-model",
+            8,
+            8,
+            window,
+            metrics,
+            cost,
+            move |batch: Vec<u32>| {
+                let _ = batches.send(batch);
+            },
+        )
         .unwrap();
         (worker, received)
+    }
+
+    /// Batches are cut by cost, not by count: a job that would go past the limit starts the
+    /// next batch, and one over the limit alone runs by itself.
+    #[test]
+    fn batches_are_limited_by_cost() {
+        let (batches, received) = channel();
+        let metrics = Arc::new(Metrics::default());
+        let (started, start) = channel::<()>();
+        let handle = move |batch: Vec<u32>| {
+            if batch == [1] {
+                // Hold the thread until the other jobs are queued behind this one.
+                let _ = start.recv();
+            }
+            let _ = batches.send(batch);
+        };
+        let cost = |job: &u32| *job as usize;
+        let worker = ModelWorker::spawn("test-model", 16, 8, Duration::ZERO, metrics, cost, handle).unwrap();
+        worker.submit(1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        for job in [3, 4, 2, 12, 5] {
+            worker.submit(job).unwrap();
+        }
+        started.send(()).unwrap();
+        let got: Vec<Vec<u32>> = (0..5)
+            .map(|_| received.recv_timeout(Duration::from_secs(2)).unwrap())
+            .collect();
+        assert_eq!(got, [vec![1], vec![3, 4], vec![2], vec![12], vec![5]]);
     }
 
     /// With nothing announced, a lone job runs at once, not after the window.
