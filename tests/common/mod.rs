@@ -552,6 +552,34 @@ pub fn build_image(engine: &str, service: &str, model: Option<&Path>) -> u64 {
         .expect("the image's size")
 }
 
+/// Whether the engine runs `<service>:latest` here (`--version`). Where `ENGINE_ARGS` is set the
+/// settings are deliberate, so a failure fails the test; where it is not, the engine's defaults
+/// may simply not work on this machine (these sandboxes need `.ci/run`'s settings), so the test
+/// is skipped with the reason printed.
+pub fn image_runs(engine: &str, service: &str) -> bool {
+    let engine_args = std::env::var("ENGINE_ARGS").ok();
+    let output = Command::new(engine)
+        .args(["run", "--rm"])
+        .args(engine_args.iter().flat_map(|a| a.split_whitespace()))
+        .arg(format!("{service}:latest"))
+        .arg("--version")
+        .output()
+        .expect("run the container engine");
+    if output.status.success() {
+        return true;
+    }
+    let why = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        engine_args.is_none(),
+        "{engine} cannot run {service}:latest with ENGINE_ARGS: {why}"
+    );
+    eprintln!(
+        "skipped: {engine} cannot run containers here with its defaults ({}); set ENGINE_ARGS and CONTAINERS_CONF as .ci/run does",
+        why.trim()
+    );
+    false
+}
+
 /// `scripts/container.sh run <service> <args>` on a free port, once the service is ready.
 pub fn run_image(engine: &str, service: &str, args: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use axum::Router;
 use clap::{Parser, Subcommand};
-use runtime::{InitPhases, Metrics, ServeArgs, ServiceContext};
+use runtime::{InitPhases, Metrics, ModelCard, ServeArgs};
 use serde_json::json;
 
 use classifier::model::{self, ModelArgs};
@@ -82,9 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    runtime::pin_compute_threads();
-    runtime::lambda::prepare_environment();
-    runtime::keep_large_allocations();
+    runtime::prepare_process();
     let cli = Cli::parse();
     let mode = match cli.command {
         Command::Serve { .. } => runtime::telemetry::LogMode::Service,
@@ -111,8 +110,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// The classifier in the shared `serve` sequence.
+struct Classifier<'a> {
+    model: &'a ModelArgs,
+    max_batch: usize,
+    max_images: usize,
+    batch_window: std::time::Duration,
+}
+
+impl runtime::Service for Classifier<'_> {
+    const NAME: &'static str = "classifier";
+    type Model = vision::ImageClassifier;
+    type Error = model::LoadError;
+
+    fn load(&self, phases: &mut InitPhases) -> Result<(Self::Model, ModelCard), Self::Error> {
+        model::load(self.model, phases)
+    }
+
+    fn routes(
+        self,
+        classifier: Self::Model,
+        card: &ModelCard,
+        metrics: Arc<Metrics>,
+        serve: &ServeArgs,
+    ) -> Result<Router, String> {
+        let classifier = Arc::new(classifier);
+        let worker = model::spawn_worker(
+            classifier.clone(),
+            serve.max_concurrency,
+            self.max_batch,
+            self.batch_window,
+            metrics,
+        )
+        .map_err(|e| format!("cannot start the model thread: {e}"))?;
+        let state = Arc::new(routes::AppState {
+            classifier,
+            worker,
+            model_id: card.id.clone(),
+            limits: self.model.decode_limits(),
+            max_images: self.max_images,
+        });
+        Ok(routes::routes(state.clone()).merge(open_inference::routes(state)))
+    }
+}
+
 fn serve_http(
-    args: &ModelArgs,
+    model: &ModelArgs,
     serve: &ServeArgs,
     max_batch: usize,
     max_images: usize,
@@ -121,37 +164,13 @@ fn serve_http(
     let Ok(batch_window) = std::time::Duration::try_from_secs_f64(batch_window_ms / 1e3) else {
         return runtime::startup_failure(&format!("--batch-window-ms {batch_window_ms} is not a duration"));
     };
-    let mut phases = InitPhases::new();
-    let (classifier, card) = match model::load(args, &mut phases) {
-        Ok((classifier, card)) => (classifier, card.served_as(serve.served_model_name.as_deref())),
-        Err(e) => return runtime::startup_failure(&e),
-    };
-    let listener = match runtime::bind(serve, &mut phases) {
-        Ok(listener) => listener,
-        Err(code) => return code,
-    };
-    let metrics = Arc::new(Metrics::default());
-    let classifier = Arc::new(classifier);
-    let worker = match model::spawn_worker(
-        classifier.clone(),
-        serve.max_concurrency,
+    let classifier = Classifier {
+        model,
         max_batch,
-        batch_window,
-        metrics.clone(),
-    ) {
-        Ok(worker) => worker,
-        Err(e) => return runtime::startup_failure(&format!("cannot start the model thread: {e}")),
-    };
-    let state = Arc::new(routes::AppState {
-        classifier,
-        worker,
-        model_id: card.id.clone(),
-        limits: args.decode_limits(),
         max_images,
-    });
-    let ctx = ServiceContext::new("classifier", card, phases.phases().to_vec(), metrics);
-    let routes = routes::routes(state.clone()).merge(open_inference::routes(state));
-    runtime::serve(ctx, routes, serve, listener)
+        batch_window,
+    };
+    runtime::service::serve(classifier, serve)
 }
 
 /// The files `predict` reads, each with whether it was named on the command line (a named file

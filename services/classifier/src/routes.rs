@@ -9,8 +9,9 @@ use axum::{Json, Router};
 use runtime::{ApiError, ModelWorker};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use vision::{DecodeLimits, ImageClassifier, VisionError};
+use vision::{DecodeLimits, ImageClassifier};
 
+use crate::error::api_error;
 use crate::intake::Images;
 use crate::model::{self, Job};
 
@@ -104,7 +105,8 @@ pub(crate) async fn classify_encoded(
             .iter()
             .enumerate()
             .map(|(i, bytes)| {
-                let image = vision::decode_image(bytes, prepared.limits).map_err(|e| image_error(i, e))?;
+                let image =
+                    vision::decode_image(bytes, prepared.limits).map_err(|e| api_error(e, Some(i)))?;
                 Ok(prepared.classifier.preprocessing().apply(&image))
             })
             .collect::<Result<Vec<_>, ApiError>>()
@@ -134,11 +136,4 @@ fn check_count(state: &AppState, images: usize) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-fn image_error(index: usize, error: VisionError) -> ApiError {
-    match error {
-        VisionError::TooLarge(_) => ApiError::invalid("image_too_large", format!("image {index}: {error}")),
-        _ => ApiError::invalid("invalid_image", format!("image {index}: {error}")),
-    }
 }

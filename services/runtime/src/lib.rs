@@ -13,6 +13,7 @@ pub mod phases;
 pub mod probe;
 pub mod process;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 pub mod worker;
 
@@ -23,7 +24,16 @@ pub use phases::{InitPhases, Phase};
 pub use probe::ProbeArgs;
 pub use process::{keep_large_allocations, pin_compute_threads, run_at_idle_priority};
 pub use server::{app, run, sha256_file, shutdown_signal, ModelCard, ServiceContext};
+pub use service::Service;
 pub use worker::{Arrival, JobQueue, ModelWorker};
+
+/// What every binary sets up first in `main`, before any other thread starts: the compute
+/// threads, the allocator, and, as a Lambda function, the Runtime API's paths.
+pub fn prepare_process() {
+    pin_compute_threads();
+    lambda::prepare_environment();
+    keep_large_allocations();
+}
 
 /// Where requests come from: a port, or AWS Lambda's Runtime API.
 #[derive(Debug)]

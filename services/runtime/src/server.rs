@@ -442,3 +442,192 @@ async fn observe(State(ctx): State<Arc<ServiceContext>>, request: Request<Body>,
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::post;
+    use axum::Router;
+    use clap::Parser;
+    use serde_json::Value;
+    use tokio::sync::Notify;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn settings(flags: &[&str]) -> ServeArgs {
+        Flags::parse_from(std::iter::once("test").chain(flags.iter().copied())).serve
+    }
+
+    fn context() -> Arc<ServiceContext> {
+        let card = ModelCard {
+            id: "test-model".into(),
+            source: "test".into(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            kernels: "portable".into(),
+            details: Value::Null,
+            weights_path: PathBuf::from("/nonexistent"),
+        };
+        ServiceContext::new("test", card, Vec::new(), Arc::new(Metrics::default()))
+    }
+
+    /// The app over routes that echo a body, wait until released, or sleep.
+    fn test_app(flags: &[&str], release: Arc<Notify>) -> Router {
+        let routes = Router::new()
+            .route("/v1/echo", post(|body: String| async move { body }))
+            .route(
+                "/v1/wait",
+                post(move || async move {
+                    release.notified().await;
+                    "released"
+                }),
+            )
+            .route("/v2/models/m/infer", post(|| async { "inferred" }));
+        app(context(), routes, &settings(flags))
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_api_key_guards_every_route_but_health() {
+        let app = test_app(&["--api-key", "secret"], Arc::new(Notify::new()));
+        let (status, body) = call(&app, "POST", "/v1/echo", "hi", &[]).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("invalid_api_key"))
+        );
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/v1/echo",
+            "hi",
+            &[("authorization", "Bearer wrong")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/v1/echo",
+            "hi",
+            &[("authorization", "Bearer secret")],
+        )
+        .await;
+        assert_eq!((status, body), (StatusCode::OK, Value::String("hi".into())));
+        let (status, body) = call(&app, "GET", "/v2/health/ready", "", &[]).await;
+        assert_eq!((status, body["ready"].as_bool()), (StatusCode::OK, Some(true)));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413_json() {
+        let app = test_app(&["--max-body-bytes", "100"], Arc::new(Notify::new()));
+        let (status, body) = call(&app, "POST", "/v1/echo", &"x".repeat(101), &[]).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+        );
+        let (status, _) = call(&app, "POST", "/v1/echo", &"x".repeat(100), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn past_the_concurrency_limit_is_429_at_once_and_a_slow_request_503() {
+        let release = Arc::new(Notify::new());
+        let app = test_app(
+            &["--max-concurrency", "1", "--request-timeout", "0.2"],
+            release.clone(),
+        );
+        let holding = tokio::spawn({
+            let app = app.clone();
+            async move { call(&app, "POST", "/v1/wait", "", &[]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, body) = call(&app, "POST", "/v1/echo", "hi", &[]).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, Some("overloaded"))
+        );
+        // Never released: the held request runs into the request timeout.
+        let (status, body) = holding.await.unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("timeout"))
+        );
+        let (status, _) = call(&app, "POST", "/v1/echo", "hi", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn framework_rejections_are_json_and_v2_errors_take_the_protocols_shape() {
+        let app = test_app(&[], Arc::new(Notify::new()));
+        let (status, body) = call(&app, "GET", "/nowhere", "", &[]).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+        let (status, body) = call(&app, "GET", "/v1/echo", "", &[]).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+        );
+        let (status, body) = call(&app, "GET", "/v2/models/m/infer", "", &[]).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body["error"].is_string(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn cors_preflights_are_answered_without_the_api_key() {
+        let app = test_app(
+            &["--cors-allow-origin", "https://app.example.com", "--api-key", "k"],
+            Arc::new(Notify::new()),
+        );
+        let request = Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/echo")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.as_bytes()),
+            Some(&b"https://app.example.com"[..])
+        );
+    }
+}

@@ -8,6 +8,8 @@ use runtime::ApiError;
 use serde::Deserialize;
 use text::{GenerateOptions, Gpt2Tokenizer, SamplingParams, END_OF_TEXT};
 
+use crate::error::{api_error, invalid};
+
 /// `prompt`: a string, strings, tokens, or lists of tokens.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -76,10 +78,6 @@ pub struct Completion {
 
 /// The most choices (`len(prompt) * n`) one request may ask for.
 pub const MAX_CHOICES: usize = 128;
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::invalid("invalid_value", message)
-}
 
 fn check_range(name: &str, value: Option<f32>, low: f32, high: f32) -> Result<(), ApiError> {
     match value {
@@ -153,7 +151,7 @@ impl CompletionRequest {
         }
         let encode = |text: &str| -> Result<Vec<u32>, ApiError> {
             let text = if text.is_empty() { END_OF_TEXT } else { text };
-            tokenizer.encode(text).map_err(|e| invalid(e.to_string()))
+            tokenizer.encode(text).map_err(api_error)
         };
         let prompts = match self.prompt {
             None => vec![encode("")?],

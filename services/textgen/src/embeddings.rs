@@ -8,6 +8,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use text::Gpt2Tokenizer;
 
+use crate::error::{api_error, invalid};
+
 /// `input`: one text, several, or already tokenized.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -41,10 +43,6 @@ pub struct Embeddings {
     pub encoding_format: EncodingFormat,
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::invalid("invalid_value", message)
-}
-
 impl EmbeddingsRequest {
     /// Tokenizes and checks every input: none empty, none beyond the context, at most
     /// `max_inputs` of them; `dimensions`, when given, must be the model's width.
@@ -60,7 +58,7 @@ impl EmbeddingsRequest {
                 "this model's embeddings have {width} dimensions; dimensions {dimensions} is not supported"
             )));
         }
-        let encode = |text: &String| tokenizer.encode(text).map_err(|e| invalid(e.to_string()));
+        let encode = |text: &String| tokenizer.encode(text).map_err(api_error);
         let inputs: Vec<Vec<u32>> = match self.input {
             None => return Err(invalid("input is required: a string or a list of strings")),
             Some(Input::Text(text)) => vec![encode(&text)?],

@@ -3,6 +3,7 @@
 
 pub mod completions;
 pub mod embeddings;
+pub mod error;
 pub mod model;
 pub mod rerank;
 pub mod routes;

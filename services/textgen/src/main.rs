@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use axum::Router;
 use clap::{Parser, Subcommand};
-use runtime::{InitPhases, Metrics, ServeArgs, ServiceContext};
+use runtime::{InitPhases, Metrics, ModelCard, ServeArgs};
 use serde_json::json;
+use text::retrieval::Corpus;
 use text::{GenerateOptions, Generation, SamplingParams};
 
 use textgen::model::{self, ModelArgs};
@@ -90,9 +92,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    runtime::pin_compute_threads();
-    runtime::lambda::prepare_environment();
-    runtime::keep_large_allocations();
+    runtime::prepare_process();
     let cli = Cli::parse();
     let mode = match cli.command {
         Command::Serve { .. } => runtime::telemetry::LogMode::Service,
@@ -108,7 +108,16 @@ fn main() -> ExitCode {
             limits,
             serve,
             pack_weights,
-        } => serve_http(&model, corpus.as_deref(), rerank, limits, &serve, pack_weights),
+        } => {
+            let textgen = Textgen {
+                model: &model,
+                corpus: corpus.as_deref(),
+                rerank,
+                limits,
+                pack_weights,
+            };
+            runtime::service::serve(textgen, &serve)
+        }
         Command::Search {
             model,
             corpus,
@@ -146,63 +155,68 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_http(
-    args: &ModelArgs,
-    corpus: Option<&std::path::Path>,
+/// textgen in the shared `serve` sequence.
+struct Textgen<'a> {
+    model: &'a ModelArgs,
+    corpus: Option<&'a std::path::Path>,
     rerank: RerankArgs,
     limits: ApiLimits,
-    serve: &ServeArgs,
     pack_weights: bool,
-) -> ExitCode {
-    let mut phases = InitPhases::new();
-    let (model, mut card) = match model::load(args, &mut phases) {
-        Ok((model, card)) => (model, card.served_as(serve.served_model_name.as_deref())),
-        Err(e) => return runtime::startup_failure(&e),
-    };
-    let corpus = match corpus
-        .map(|path| model::load_corpus(path, &mut phases))
-        .transpose()
-    {
-        Ok(corpus) => corpus.map(Arc::new),
-        Err(e) => return runtime::startup_failure(&e),
-    };
-    if let Some(corpus) = &corpus {
-        card.details["corpus"] = json!({
-            "file": corpus.name(),
-            "documents": corpus.documents().len(),
-            "terms": corpus.index().vocabulary_size(),
-        });
-    }
-    let listener = match runtime::bind(serve, &mut phases) {
-        Ok(listener) => listener,
-        Err(code) => return code,
-    };
-    let metrics = Arc::new(Metrics::default());
-    let model = Arc::new(model);
-    if pack_weights {
-        if let Err(e) = model::pack_weights_in_background(model.clone()) {
-            return runtime::startup_failure(&format!("cannot start the weight-packing thread: {e}"));
+}
+
+impl runtime::Service for Textgen<'_> {
+    const NAME: &'static str = "textgen";
+    type Model = (model::TextModel, Option<Arc<Corpus>>);
+    type Error = String;
+
+    /// The model, then the corpus (its own init phase) when one is named.
+    fn load(&self, phases: &mut InitPhases) -> Result<(Self::Model, ModelCard), String> {
+        let (model, mut card) = model::load(self.model, phases).map_err(|e| e.to_string())?;
+        let corpus = self
+            .corpus
+            .map(|path| model::load_corpus(path, phases))
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .map(Arc::new);
+        if let Some(corpus) = &corpus {
+            card.details["corpus"] = json!({
+                "file": corpus.name(),
+                "documents": corpus.documents().len(),
+                "terms": corpus.index().vocabulary_size(),
+            });
         }
+        Ok(((model, corpus), card))
     }
-    let worker = match model::spawn_worker(
-        model.clone(),
-        serve.max_concurrency,
-        limits.max_batch,
-        metrics.clone(),
-    ) {
-        Ok(worker) => worker,
-        Err(e) => return runtime::startup_failure(&format!("cannot start the model thread: {e}")),
-    };
-    let state = Arc::new(routes::AppState {
-        model,
-        worker,
-        model_id: card.id.clone(),
-        corpus,
-        rerank,
-        limits,
-    });
-    let ctx = ServiceContext::new("textgen", card, phases.phases().to_vec(), metrics);
-    runtime::serve(ctx, routes::routes(state), serve, listener)
+
+    fn routes(
+        self,
+        (model, corpus): Self::Model,
+        card: &ModelCard,
+        metrics: Arc<Metrics>,
+        serve: &ServeArgs,
+    ) -> Result<Router, String> {
+        let model = Arc::new(model);
+        if self.pack_weights {
+            model::pack_weights_in_background(model.clone())
+                .map_err(|e| format!("cannot start the weight-packing thread: {e}"))?;
+        }
+        let worker = model::spawn_worker(
+            model.clone(),
+            serve.max_concurrency,
+            self.limits.max_batch,
+            metrics,
+        )
+        .map_err(|e| format!("cannot start the model thread: {e}"))?;
+        let state = Arc::new(routes::AppState {
+            model,
+            worker,
+            model_id: card.id.clone(),
+            corpus,
+            rerank: self.rerank,
+            limits: self.limits,
+        });
+        Ok(routes::routes(state))
+    }
 }
 
 fn generate(args: &ModelArgs, prompt: &str, options: GenerateOptions) -> ExitCode {

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use text::retrieval::SearchHit;
 
+use crate::error::invalid;
 use crate::search::SearchRequest;
 
 /// text-embeddings-inference: `{"query", "texts", "return_text"?}`; its other fields
@@ -86,13 +87,10 @@ impl CohereRerankRequest {
     pub fn search(&self) -> Result<SearchRequest, ApiError> {
         if let Some(top_n) = self.top_n {
             if top_n == 0 || top_n > self.documents.len() as u64 {
-                return Err(ApiError::invalid(
-                    "invalid_value",
-                    format!(
-                        "top_n must be between 1 and the {} documents, got {top_n}",
-                        self.documents.len()
-                    ),
-                ));
+                return Err(invalid(format!(
+                    "top_n must be between 1 and the {} documents, got {top_n}",
+                    self.documents.len()
+                )));
             }
         }
         Ok(search_over(self.query.clone(), self.texts()))

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::completions::{Completion, CompletionRequest};
 use crate::embeddings::EmbeddingsRequest;
+use crate::error::api_error;
 use crate::model::{ChoiceJob, Event, Job, TextModel};
 use crate::rerank::{CohereRerankRequest, TeiRerankRequest};
 use crate::search::{RerankArgs, Search, SearchRequest};
@@ -83,7 +84,7 @@ async fn reply<T>(receiver: oneshot::Receiver<Result<T, text::TextError>>) -> Re
     receiver
         .await
         .map_err(|_| ApiError::internal("the model thread dropped the request"))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(api_error)
 }
 
 async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {

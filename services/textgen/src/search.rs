@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use text::retrieval::{Corpus, SearchHit, SearchOptions};
 use text::Gpt2Tokenizer;
 
+use crate::error::{api_error, invalid};
+
 /// How searches rerank, for `serve` and `search` alike.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RerankArgs {
@@ -65,10 +67,6 @@ pub struct Search {
     pub return_metadata: bool,
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::invalid("invalid_value", message)
-}
-
 impl SearchRequest {
     /// Checks the request against the loaded corpus and the limits; `max_documents` bounds
     /// both `documents` and `max_rerank`.
@@ -84,10 +82,7 @@ impl SearchRequest {
         if query.trim().is_empty() {
             return Err(invalid("query must be a non-empty string"));
         }
-        let query_tokens = tokenizer
-            .encode(query.trim())
-            .map_err(|e| invalid(e.to_string()))?
-            .len();
+        let query_tokens = tokenizer.encode(query.trim()).map_err(api_error)?.len();
         // The reranker reads <|endoftext|>, at least one passage token and a separator first.
         if query_tokens + 3 > context {
             return Err(ApiError::invalid(

@@ -5,6 +5,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use text::Gpt2Tokenizer;
 
+use crate::error::{api_error, invalid};
+
 /// `{"prompt": "..."}`; other fields (`model`, `add_special_tokens`) are accepted and ignored:
 /// GPT-2 adds no special tokens.
 #[derive(Debug, Deserialize)]
@@ -22,9 +24,7 @@ impl TokenizeRequest {
     /// `{"tokens", "count", "max_model_len"}`; `<|endoftext|>` in the text is the special token,
     /// as in completions' prompts.
     pub fn answer(&self, tokenizer: &Gpt2Tokenizer, context: usize) -> Result<Value, ApiError> {
-        let tokens = tokenizer
-            .encode(&self.prompt)
-            .map_err(|e| ApiError::invalid("invalid_value", e.to_string()))?;
+        let tokens = tokenizer.encode(&self.prompt).map_err(api_error)?;
         Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": context}))
     }
 }
@@ -42,12 +42,7 @@ impl DetokenizeRequest {
                 u32::try_from(id)
                     .ok()
                     .filter(|&id| (id as usize) < vocab)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "invalid_value",
-                            format!("tokens[{i}] is {id}, outside the vocabulary of {vocab}"),
-                        )
-                    })
+                    .ok_or_else(|| invalid(format!("tokens[{i}] is {id}, outside the vocabulary of {vocab}")))
             })
             .collect::<Result<Vec<u32>, _>>()?;
         Ok(json!({"prompt": tokenizer.decode(&ids)}))
