@@ -821,3 +821,33 @@ pub fn dechunk(reader: &mut impl BufRead) -> Vec<u8> {
         body.extend_from_slice(&chunk[..size]);
     }
 }
+
+/// Runs tests/playground.py (headless Chromium through Playwright) against `server`'s page for
+/// `service`, with `args`; answers what it saw, or `None`, with the reason printed, where
+/// `PLAYGROUND_TEST_PYTHON` does not name a Python with Playwright (.ci/run makes one).
+pub fn drive_playground(server: &Server, service: &str, args: &[&str]) -> Option<Value> {
+    let Ok(python) = std::env::var("PLAYGROUND_TEST_PYTHON") else {
+        eprintln!("skipped: PLAYGROUND_TEST_PYTHON is not set (.ci/run sets it to a Python with Playwright)");
+        return None;
+    };
+    let screenshot = temp_dir("playground").join(format!("{service}.png"));
+    let output = Command::new(python)
+        .arg(root().join("tests/playground.py"))
+        .args([service, server.base.as_str()])
+        .args(args)
+        .arg("--screenshot")
+        .arg(&screenshot)
+        .output()
+        .expect("run tests/playground.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),
+        "no screenshot"
+    );
+    Some(serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON"))
+}

@@ -120,6 +120,7 @@ struct Classifier<'a> {
 
 impl runtime::Service for Classifier<'_> {
     const NAME: &'static str = "classifier";
+    const PLAYGROUND: &'static str = include_str!("playground.html");
     type Model = vision::ImageClassifier;
     type Error = model::LoadError;
 

@@ -67,6 +67,9 @@ pub struct ServiceContext {
     pub card: ModelCard,
     pub phases: Vec<Phase>,
     pub metrics: Arc<Metrics>,
+    /// The service's playground page, served at `GET /` without the API key (the calls it
+    /// makes send the key the user types in).
+    pub playground: &'static str,
     shutting_down: AtomicBool,
     checksum: OnceLock<String>,
 }
@@ -77,12 +80,14 @@ impl ServiceContext {
         card: ModelCard,
         phases: Vec<Phase>,
         metrics: Arc<Metrics>,
+        playground: &'static str,
     ) -> Arc<Self> {
         Arc::new(Self {
             service,
             card,
             phases,
             metrics,
+            playground,
             shutting_down: AtomicBool::new(false),
             checksum: OnceLock::new(),
         })
@@ -149,6 +154,8 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
         .route("/health", get(health))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(health))
+        .route("/playground.css", get(playground_css))
+        .route("/", get(playground))
         .with_state(ctx.clone())
         .merge(protected)
         .fallback(not_found)
@@ -250,6 +257,21 @@ pub async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
+}
+
+/// The playground pages' shared style sheet (each service serves its own page at `GET /`).
+async fn playground_css() -> Response {
+    const CSS: &str = include_str!("../assets/playground.css");
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+/// The service's playground page, HTML shipped inside the binary.
+async fn playground(State(ctx): State<Arc<ServiceContext>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        ctx.playground,
+    )
+        .into_response()
 }
 
 /// `ready` is the field KServe's clients read; `status` the one people do.
@@ -478,7 +500,13 @@ mod tests {
             details: Value::Null,
             weights_path: PathBuf::from("/nonexistent"),
         };
-        ServiceContext::new("test", card, Vec::new(), Arc::new(Metrics::default()))
+        ServiceContext::new(
+            "test",
+            card,
+            Vec::new(),
+            Arc::new(Metrics::default()),
+            "<!doctype html>",
+        )
     }
 
     /// The app over routes that echo a body, wait until released, or sleep.

@@ -14,6 +14,8 @@ use crate::{bind, startup_failure, InitPhases, Metrics, ModelCard, ServeArgs, Se
 pub trait Service {
     /// The service's name: the metrics prefix, and in logs.
     const NAME: &'static str;
+    /// The playground page served at `GET /`: HTML with its script, no request to other sites.
+    const PLAYGROUND: &'static str;
     /// What loading gives: the model, ready to answer.
     type Model;
     /// Why loading failed; reported as one line, exit code 2.
@@ -51,6 +53,6 @@ pub fn serve<S: Service>(service: S, args: &ServeArgs) -> ExitCode {
         Ok(routes) => routes,
         Err(e) => return startup_failure(&e),
     };
-    let ctx = ServiceContext::new(S::NAME, card, phases.phases().to_vec(), metrics);
+    let ctx = ServiceContext::new(S::NAME, card, phases.phases().to_vec(), metrics, S::PLAYGROUND);
     crate::serve(ctx, routes, args, listener)
 }

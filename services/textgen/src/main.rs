@@ -166,6 +166,7 @@ struct Textgen<'a> {
 
 impl runtime::Service for Textgen<'_> {
     const NAME: &'static str = "textgen";
+    const PLAYGROUND: &'static str = include_str!("playground.html");
     type Model = (model::TextModel, Option<Arc<Corpus>>);
     type Error = String;
 
