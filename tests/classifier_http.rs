@@ -629,3 +629,14 @@ fn connections_over_the_cap_are_answered_429_and_closed() {
 fn broken_weights_or_config_stop_the_start_with_exit_2_and_one_line_naming_the_file() {
     common::broken_weights_stop_the_start(env!("CARGO_BIN_EXE_classifier"), &common::tiny_model());
 }
+
+#[test]
+fn the_openapi_document_validates_and_every_routes_answer_matches_it() {
+    let server = tiny_server(&[]);
+    let photo = common::tiny_model().join("images/synthetic-0-224x224.png");
+    let Some(seen) = common::check_openapi(&server, "classifier", &[photo.to_str().unwrap()]) else {
+        return;
+    };
+    assert_eq!(seen["openapi"], "3.1.0");
+    assert!(seen["routes"].as_u64() >= Some(16), "{seen}");
+}

@@ -110,11 +110,16 @@ fn metadata_readiness_and_base64_images_match_v1() {
         for (k, prediction) in predictions.iter().enumerate() {
             assert_eq!(output("labels")["data"][i * 3 + k], prediction["label"]);
             assert_eq!(output("indices")["data"][i * 3 + k], prediction["index"]);
-            assert_eq!(output("scores")["data"][i * 3 + k], prediction["score"]);
+            // Both are the same f32, written with more or fewer digits.
+            let as_f32 = |v: &Value| v.as_f64().map(|x| x as f32);
+            assert_eq!(
+                as_f32(&output("scores")["data"][i * 3 + k]),
+                as_f32(&prediction["score"])
+            );
             let index = prediction["index"].as_u64().unwrap() as usize;
             assert_eq!(
-                output("probabilities")["data"][i * 10 + index],
-                prediction["score"]
+                as_f32(&output("probabilities")["data"][i * 10 + index]),
+                as_f32(&prediction["score"])
             );
         }
     }

@@ -1,7 +1,8 @@
 //! The endpoints peer servers have, on the real `textgen` binary over HTTP: vLLM's `/tokenize`
 //! and `/detokenize` (the tokenizer corpus round-trips byte for byte), reranking in
 //! text-embeddings-inference's and Cohere's shapes (the same order and scores as search over
-//! the same texts), `stream_options.include_usage`, and CORS.
+//! the same texts), `stream_options.include_usage`, CORS, and the OpenAPI description checked
+//! against real answers.
 
 mod common;
 
@@ -273,4 +274,14 @@ fn cors_answers_preflights_for_the_allowed_origins_only() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not an origin"));
+}
+
+#[test]
+fn the_openapi_document_validates_and_every_routes_answer_matches_it() {
+    let server = start(&[]);
+    let Some(seen) = common::check_openapi(&server, "textgen", &[]) else {
+        return;
+    };
+    assert_eq!(seen["openapi"], "3.1.0");
+    assert!(seen["routes"].as_u64() >= Some(20), "{seen}");
 }

@@ -851,3 +851,26 @@ pub fn drive_playground(server: &Server, service: &str, args: &[&str]) -> Option
     );
     Some(serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON"))
 }
+
+/// Runs tests/openapi_check.py against `server` (the document validated, then a real answer of
+/// every route it describes checked against its schema), or `None`, with the reason printed,
+/// where `DEPLOY_TEST_PYTHON` does not name a Python with openapi-spec-validator.
+pub fn check_openapi(server: &Server, service: &str, args: &[&str]) -> Option<Value> {
+    let Ok(python) = std::env::var("DEPLOY_TEST_PYTHON") else {
+        eprintln!("skipped: DEPLOY_TEST_PYTHON is not set (.ci/run sets it to a Python with openapi-spec-validator)");
+        return None;
+    };
+    let output = Command::new(python)
+        .arg(root().join("tests/openapi_check.py"))
+        .args([service, server.base.as_str()])
+        .args(args)
+        .output()
+        .expect("run tests/openapi_check.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON"))
+}

@@ -15,6 +15,7 @@ const IMAGENET_LABELS: &str = include_str!("../data/imagenet_labels.json");
 
 /// One class of an answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Prediction {
     pub label: String,
     pub index: usize,

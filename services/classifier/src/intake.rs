@@ -19,14 +19,19 @@ pub struct Images {
 const ACCEPTED: &str = "image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff, \
     application/octet-stream, multipart/form-data or application/json";
 
-#[derive(Deserialize)]
+/// Images as JSON: base64 strings, plain or `data:` URLs.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonBody {
+pub struct JsonBody {
+    /// Base64-encoded image files, plain or as `data:<type>;base64,` URLs.
     images: Vec<String>,
+    /// Classes per image: 1 to the number of classes; 5 by default.
     #[serde(default)]
+    #[schema(minimum = 1)]
     top_k: Option<usize>,
     /// Accepted and ignored: each service serves one model.
     #[serde(default, rename = "model")]
+    #[schema(value_type = Option<String>)]
     _model: Option<serde_json::Value>,
 }
 

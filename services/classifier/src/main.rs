@@ -128,6 +128,13 @@ impl runtime::Service for Classifier<'_> {
         model::load(self.model, phases)
     }
 
+    fn openapi() -> utoipa::openapi::OpenApi {
+        use utoipa::OpenApi;
+        let mut doc = routes::Routes::openapi().merge_from(open_inference::Routes::openapi());
+        runtime::openapi::alias(&mut doc, "/v1/classify", &["/", "/invocations"]);
+        doc
+    }
+
     fn routes(
         self,
         classifier: Self::Model,

@@ -13,9 +13,13 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use runtime::error::excerpt;
-use runtime::open_inference::{InferRequest, InferResponse, OutputTensor, TensorData, TensorMetadata};
+use runtime::open_inference::{
+    InferRequest, InferResponse, OutputTensor, RequestJson, TensorData, TensorMetadata,
+};
+use runtime::openapi::OpenInferenceError;
 use runtime::ApiError;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 use vision::ImageOutput;
 
 use crate::intake::decode_base64;
@@ -26,6 +30,36 @@ const DEFAULT_OUTPUTS: [&str; 4] = ["probabilities", "labels", "scores", "indice
 
 /// Every output the model has.
 const OUTPUTS: [&str; 5] = ["probabilities", "labels", "scores", "indices", "features"];
+
+/// `GET /v2`: the server's name, version and protocol extensions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServerMetadata {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: Vec<&'static str>,
+}
+
+/// `GET /v2/models/{name}`: the model's inputs and outputs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// `GET /v2/models/{name}/ready`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelReady {
+    pub name: String,
+    pub ready: bool,
+}
+
+/// The protocol's routes, for the classifier's OpenAPI description.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(server_metadata, model_metadata, model_ready, infer))]
+pub struct Routes;
 
 /// `/v2` (server metadata) and `/v2/models/{name}[/ready|/infer]`.
 pub fn routes(state: Arc<AppState>) -> Router {
@@ -59,18 +93,25 @@ fn check_name(state: &AppState, name: &str) -> Result<(), ApiError> {
     ))
 }
 
-async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "classifier",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
-    }))
+/// The server's metadata.
+#[utoipa::path(get, path = "/v2", tag = "open inference protocol", responses((status = 200, description = "the answer", body = ServerMetadata)))]
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "classifier",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: vec!["binary_tensor_data"],
+    })
 }
 
+/// The model's metadata: its inputs (`image` as BYTES, or `pixels` as FP32; `[N, 3, H, W]` is
+/// taken too) and outputs.
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "open inference protocol",
+    params(("name" = String, Path, description = "the served model name")),
+    responses((status = 200, description = "the answer", body = ModelMetadata), (status = 404, description = "another model", body = OpenInferenceError)))]
 async fn model_metadata(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelMetadata>, ApiError> {
     check_name(&state, &name)?;
     let [_, height, width] = state.classifier.preprocessing().input_size.map(|d| d as i64);
     let tensor = |name, datatype, shape| TensorMetadata {
@@ -80,32 +121,51 @@ async fn model_metadata(
     };
     let classes = state.classifier.labels().len() as i64;
     let features = state.classifier.model().feature_dim() as i64;
-    Ok(Json(json!({
-        "name": model_name(&state.model_id),
-        "versions": [],
-        "platform": "candle_mobilenetv2",
-        "inputs": [
+    Ok(Json(ModelMetadata {
+        name: model_name(&state.model_id).to_string(),
+        versions: Vec::new(),
+        platform: "candle_mobilenetv2",
+        inputs: vec![
             tensor("image", "BYTES", vec![-1]),
             tensor("pixels", "FP32", vec![-1, height, width, 3]),
         ],
-        "outputs": [
+        outputs: vec![
             tensor("probabilities", "FP32", vec![-1, classes]),
             tensor("labels", "BYTES", vec![-1, -1]),
             tensor("scores", "FP32", vec![-1, -1]),
             tensor("indices", "INT64", vec![-1, -1]),
             tensor("features", "FP32", vec![-1, features]),
         ],
-    })))
+    }))
 }
 
+/// Whether the model answers.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "open inference protocol",
+    params(("name" = String, Path, description = "the served model name")),
+    responses((status = 200, description = "the answer", body = ModelReady), (status = 404, description = "another model", body = OpenInferenceError)))]
 async fn model_ready(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelReady>, ApiError> {
     check_name(&state, &name)?;
-    Ok(Json(json!({"name": model_name(&state.model_id), "ready": true})))
+    Ok(Json(ModelReady {
+        name: model_name(&state.model_id).to_string(),
+        ready: true,
+    }))
 }
 
+/// An inference: one input, the image files as BYTES (base64 strings in the JSON, or raw
+/// through the binary tensor data extension, `Inference-Header-Content-Length` giving the
+/// JSON's length) or preprocessed pixels as FP32; the request parameter `top_k` (default 5).
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "open inference protocol",
+    params(("name" = String, Path, description = "the served model name")),
+    request_body(content((RequestJson = "application/json"), ("application/octet-stream"))),
+    responses(
+        (status = 200, description = "the answer", body = InferResponse),
+        (status = 400, description = "a malformed request, a shape that does not hold the data, not one input, an unknown output", body = OpenInferenceError),
+        (status = 404, description = "another model", body = OpenInferenceError),
+        (status = 422, description = "an undecodable image, invalid base64, pixels of the wrong shape or not finite, top_k out of range", body = OpenInferenceError),
+    ))]
 async fn infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,

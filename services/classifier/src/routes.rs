@@ -6,13 +6,13 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::routing::post;
 use axum::{Json, Router};
+use runtime::openapi::ErrorBody;
 use runtime::{ApiError, ModelWorker};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use vision::{DecodeLimits, ImageClassifier};
 
 use crate::error::api_error;
-use crate::intake::Images;
+use crate::intake::{Images, JsonBody};
 use crate::model::{self, Job};
 
 /// What the routes share.
@@ -35,34 +35,105 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ClassifyQuery {
+    /// Classes per image: 1 to the number of classes; 5 by default (a JSON or multipart
+    /// `top_k` wins).
+    #[param(minimum = 1)]
     top_k: Option<usize>,
 }
 
+/// `/v1/classify`'s answer: one result per image, in the request's order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClassifyAnswer {
+    pub model: String,
+    pub results: Vec<ClassifyResult>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClassifyResult {
+    /// The most probable classes, best first.
+    pub predictions: Vec<vision::Prediction>,
+}
+
+/// `/v1/features`' answer: one pooled feature vector per image.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FeaturesAnswer {
+    pub model: String,
+    /// Length of each vector.
+    pub dim: usize,
+    pub results: Vec<FeaturesResult>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FeaturesResult {
+    pub features: Vec<f32>,
+}
+
+/// The classifier's own routes, for its OpenAPI description.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(classify, features))]
+pub struct Routes;
+
+/// Classifies images: the top classes of each, with their probabilities. Also at `/` and
+/// `/invocations`, what FaaS wrappers call. The image comes as the body (`image/*` or
+/// `application/octet-stream`, its format sniffed from the bytes), as multipart file parts, or
+/// as base64 strings in JSON.
+#[utoipa::path(post, path = "/v1/classify", tag = "classifier", params(ClassifyQuery),
+    request_body(content(
+        ("image/jpeg"), ("image/png"), ("image/webp"), ("application/octet-stream"),
+        ("multipart/form-data"), (JsonBody = "application/json"))),
+    responses(
+        (status = 200, description = "the answer", body = ClassifyAnswer),
+        (status = 400, description = "an empty body, malformed JSON or multipart, no image", body = ErrorBody),
+        (status = 415, description = "a missing or unsupported Content-Type", body = ErrorBody),
+        (status = 422, description = "an undecodable image, invalid base64, an image over --max-pixels, top_k out of range, too many images, no classifier", body = ErrorBody),
+    ))]
 async fn classify(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ClassifyQuery>,
     images: Images,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClassifyAnswer>, ApiError> {
     let top_k = checked_top_k(&state, images.top_k.or(query.top_k))?;
     let outputs = infer(&state, images).await?;
-    let results: Vec<Value> = outputs
+    let results = outputs
         .iter()
-        .map(|o| json!({"predictions": state.classifier.top_k(&o.probabilities, top_k)}))
+        .map(|o| ClassifyResult {
+            predictions: state.classifier.top_k(&o.probabilities, top_k),
+        })
         .collect();
-    Ok(Json(json!({"model": state.model_id, "results": results})))
+    Ok(Json(ClassifyAnswer {
+        model: state.model_id.clone(),
+        results,
+    }))
 }
 
-async fn features(State(state): State<Arc<AppState>>, images: Images) -> Result<Json<Value>, ApiError> {
+/// The backbone's pooled feature vectors of images, sent as to `/v1/classify`.
+#[utoipa::path(post, path = "/v1/features", tag = "classifier",
+    request_body(content(
+        ("image/jpeg"), ("image/png"), ("image/webp"), ("application/octet-stream"),
+        ("multipart/form-data"), (JsonBody = "application/json"))),
+    responses(
+        (status = 200, description = "the answer", body = FeaturesAnswer),
+        (status = 400, description = "an empty body, malformed JSON or multipart, no image", body = ErrorBody),
+        (status = 415, description = "a missing or unsupported Content-Type", body = ErrorBody),
+        (status = 422, description = "an undecodable image, invalid base64, an image over --max-pixels, too many images", body = ErrorBody),
+    ))]
+async fn features(
+    State(state): State<Arc<AppState>>,
+    images: Images,
+) -> Result<Json<FeaturesAnswer>, ApiError> {
     let outputs = infer(&state, images).await?;
-    let results: Vec<Value> = outputs
+    let results = outputs
         .into_iter()
-        .map(|o| json!({"features": o.features}))
+        .map(|o| FeaturesResult { features: o.features })
         .collect();
-    Ok(Json(
-        json!({"model": state.model_id, "dim": state.classifier.model().feature_dim(), "results": results}),
-    ))
+    Ok(Json(FeaturesAnswer {
+        model: state.model_id.clone(),
+        dim: state.classifier.model().feature_dim(),
+        results,
+    }))
 }
 
 /// `requested` classes per image (5 by default, or all when there are fewer), if the model has

@@ -99,8 +99,8 @@ async fn refuse(mut stream: TcpStream, max_connections: usize) {
     let body = crate::error::ApiError::overloaded(format!(
         "the server has {max_connections} connections open, its limit; retry shortly"
     ))
-    .body()
-    .to_string();
+    .body();
+    let body = serde_json::to_string(&body).unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",

@@ -1,9 +1,9 @@
 //! The one error type of the HTTP layer, and the one place it becomes a status and a JSON body.
 
+use crate::openapi::{ErrorBody, ErrorDetail, OpenInferenceError};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 /// Longest error message answered, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 1024;
@@ -115,13 +115,21 @@ impl ApiError {
     }
 
     /// The JSON body the error is answered with.
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.message, "type": self.kind(), "code": self.code}})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind(),
+                code: self.code,
+            },
+        }
     }
 
     /// The body KServe's Open Inference Protocol answers errors with, under `/v2/`.
-    pub fn open_inference_body(&self) -> serde_json::Value {
-        json!({"error": self.message})
+    pub fn open_inference_body(&self) -> OpenInferenceError {
+        OpenInferenceError {
+            error: self.message.clone(),
+        }
     }
 
     /// OpenAI's error `type` for a status.

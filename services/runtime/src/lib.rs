@@ -9,6 +9,7 @@ pub mod error;
 pub mod lambda;
 pub mod metrics;
 pub mod open_inference;
+pub mod openapi;
 pub mod phases;
 pub mod probe;
 pub mod process;

@@ -60,32 +60,44 @@ impl TensorData {
 }
 
 /// An output the request names.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RequestedOutput {
     pub name: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
-struct RequestJson {
+/// An inference request's JSON (the whole body, or its first part with binary data after it).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = InferRequest)]
+pub struct RequestJson {
     #[serde(default)]
     id: Option<String>,
+    /// The request's parameters (`top_k`...).
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
     inputs: Vec<InputJson>,
+    /// The outputs wanted; all of them when empty.
     #[serde(default)]
     outputs: Vec<RequestedOutput>,
 }
 
-#[derive(Deserialize)]
-struct InputJson {
+/// An input tensor: its values in `data` (flat or nested, row-major), or, with
+/// `parameters.binary_data_size`, that many bytes of the binary data after the JSON.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = InferInput)]
+pub struct InputJson {
     name: String,
     shape: Vec<i64>,
+    /// `BYTES` or `FP32`.
     datatype: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     data: Option<Value>,
 }
 
@@ -273,7 +285,7 @@ fn flatten(value: Value, into: &mut Vec<Value>) {
 }
 
 /// An inference response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InferResponse {
     pub model_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -282,16 +294,18 @@ pub struct InferResponse {
 }
 
 /// One output tensor, its data flat in row-major order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OutputTensor {
     pub name: &'static str,
     pub datatype: &'static str,
     pub shape: Vec<usize>,
+    /// The values, flat in row-major order.
+    #[schema(value_type = Vec<serde_json::Value>)]
     pub data: Value,
 }
 
 /// How a model's metadata describes one of its tensors (`-1`: any size).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TensorMetadata {
     pub name: &'static str,
     pub datatype: &'static str,

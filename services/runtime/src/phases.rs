@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 /// One timed step of start-up.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Phase {
     pub name: String,
+    /// Milliseconds.
     #[serde(rename = "duration_ms", serialize_with = "as_millis")]
+    #[schema(value_type = f64)]
     pub duration: Duration,
 }
 

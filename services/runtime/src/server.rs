@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -26,6 +26,7 @@ use crate::config::ServeArgs;
 use crate::connections::{self, ConnectionLimits};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::openapi::{Health, Live, ModelEntry, ModelList};
 use crate::phases::Phase;
 
 /// What `/v1/models` says about the served model.
@@ -70,6 +71,8 @@ pub struct ServiceContext {
     /// The service's playground page, served at `GET /` without the API key (the calls it
     /// makes send the key the user types in).
     pub playground: &'static str,
+    /// The OpenAPI description, served at `/openapi.json`.
+    pub openapi: String,
     shutting_down: AtomicBool,
     checksum: OnceLock<String>,
 }
@@ -81,6 +84,7 @@ impl ServiceContext {
         phases: Vec<Phase>,
         metrics: Arc<Metrics>,
         playground: &'static str,
+        openapi: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             service,
@@ -88,6 +92,7 @@ impl ServiceContext {
             phases,
             metrics,
             playground,
+            openapi,
             shutting_down: AtomicBool::new(false),
             checksum: OnceLock::new(),
         })
@@ -153,9 +158,10 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
     let app = Router::new()
         .route("/health", get(health))
         .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(health))
+        .route("/v2/health/ready", get(ready))
         .route("/playground.css", get(playground_css))
         .route("/", get(playground))
+        .route("/openapi.json", get(openapi_json))
         .with_state(ctx.clone())
         .merge(protected)
         .fallback(not_found)
@@ -259,13 +265,32 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The routes every service shares, for its OpenAPI description.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        health,
+        ready,
+        live,
+        models,
+        metrics,
+        openapi_json,
+        playground,
+        playground_css
+    ),
+    components(schemas(crate::openapi::ErrorBody, crate::openapi::OpenInferenceError))
+)]
+pub struct SharedRoutes;
+
 /// The playground pages' shared style sheet (each service serves its own page at `GET /`).
+#[utoipa::path(get, path = "/playground.css", tag = "playground", responses((status = 200, description = "the style sheet", content_type = "text/css")))]
 async fn playground_css() -> Response {
     const CSS: &str = include_str!("../assets/playground.css");
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
 }
 
 /// The service's playground page, HTML shipped inside the binary.
+#[utoipa::path(get, path = "/", tag = "playground", responses((status = 200, description = "the playground page", content_type = "text/html")))]
 async fn playground(State(ctx): State<Arc<ServiceContext>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -274,26 +299,65 @@ async fn playground(State(ctx): State<Arc<ServiceContext>>) -> Response {
         .into_response()
 }
 
-/// `ready` is the field KServe's clients read; `status` the one people do.
+/// This OpenAPI description.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
+async fn openapi_json(State(ctx): State<Arc<ServiceContext>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], ctx.openapi.clone()).into_response()
+}
+
+/// Readiness: 200 once the model answers, 503 while draining. `ready` is the field KServe's
+/// clients read; `status` the one people do.
+#[utoipa::path(get, path = "/health", tag = "operations", responses(
+    (status = 200, description = "ready", body = Health),
+    (status = 503, description = "shutting down", body = Health)
+))]
 async fn health(State(ctx): State<Arc<ServiceContext>>) -> Response {
     if ctx.is_shutting_down() {
-        let body = json!({"status": "shutting_down", "ready": false, "model": ctx.card.id});
+        let body = Health {
+            status: "shutting_down",
+            ready: false,
+            model: ctx.card.id.clone(),
+            service: None,
+        };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(json!({"status": "ready", "ready": true, "model": ctx.card.id, "service": ctx.service}))
-        .into_response()
+    Json(Health {
+        status: "ready",
+        ready: true,
+        model: ctx.card.id.clone(),
+        service: Some(ctx.service),
+    })
+    .into_response()
 }
 
-async fn live() -> Json<Value> {
-    Json(json!({"status": "live", "live": true}))
+/// KServe's readiness route: the same as `/health`.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "operations", responses(
+    (status = 200, description = "ready", body = Health),
+    (status = 503, description = "shutting down", body = Health)
+))]
+async fn ready(state: State<Arc<ServiceContext>>) -> Response {
+    health(state).await
 }
 
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/v2/health/live", tag = "operations", responses((status = 200, description = "live", body = Live)))]
+async fn live() -> Json<Live> {
+    Json(Live {
+        status: "live",
+        live: true,
+    })
+}
+
+/// Prometheus metrics: requests, latencies, batches, init phases.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(ctx): State<Arc<ServiceContext>>) -> Response {
     let body = ctx.metrics.render(ctx.service, &ctx.card, &ctx.phases);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn models(State(ctx): State<Arc<ServiceContext>>) -> Result<Json<Value>, ApiError> {
+/// The model card: the model served, where its weights came from, their checksum, the kernels.
+#[utoipa::path(get, path = "/v1/models", tag = "operations", responses((status = 200, description = "the answer", body = ModelList)))]
+async fn models(State(ctx): State<Arc<ServiceContext>>) -> Result<Json<ModelList>, ApiError> {
     let hashing = ctx.clone();
     let checksum = tokio::task::spawn_blocking(move || hashing.checksum())
         .await
@@ -306,22 +370,22 @@ async fn models(State(ctx): State<Arc<ServiceContext>>) -> Result<Json<Value>, A
         .sum::<Duration>()
         .as_secs_f64()
         * 1e3;
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": card.id,
-            "object": "model",
-            "owned_by": "self-hosted",
-            "source": card.source,
-            "checksum": checksum,
-            "device": card.device,
-            "dtype": card.dtype,
-            "kernels": card.kernels,
-            "details": card.details,
-            "init_phases": ctx.phases,
-            "init_ms": init_ms,
-        }]
-    })))
+    Ok(Json(ModelList {
+        object: "list",
+        data: vec![ModelEntry {
+            id: card.id.clone(),
+            object: "model",
+            owned_by: "self-hosted",
+            source: card.source.clone(),
+            checksum,
+            device: card.device.clone(),
+            dtype: card.dtype.clone(),
+            kernels: card.kernels.clone(),
+            details: card.details.clone(),
+            init_phases: ctx.phases.clone(),
+            init_ms,
+        }],
+    }))
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -506,6 +570,7 @@ mod tests {
             Vec::new(),
             Arc::new(Metrics::default()),
             "<!doctype html>",
+            "{}".into(),
         )
     }
 

@@ -16,6 +16,8 @@ pub trait Service {
     const NAME: &'static str;
     /// The playground page served at `GET /`: HTML with its script, no request to other sites.
     const PLAYGROUND: &'static str;
+    /// The service's own routes in OpenAPI, from their request and answer types.
+    fn openapi() -> utoipa::openapi::OpenApi;
     /// What loading gives: the model, ready to answer.
     type Model;
     /// Why loading failed; reported as one line, exit code 2.
@@ -53,6 +55,19 @@ pub fn serve<S: Service>(service: S, args: &ServeArgs) -> ExitCode {
         Ok(routes) => routes,
         Err(e) => return startup_failure(&e),
     };
-    let ctx = ServiceContext::new(S::NAME, card, phases.phases().to_vec(), metrics, S::PLAYGROUND);
+    let shared = <crate::server::SharedRoutes as utoipa::OpenApi>::openapi();
+    let document = crate::openapi::document(S::openapi(), shared, S::NAME, args);
+    let openapi = match serde_json::to_string(&document) {
+        Ok(json) => json,
+        Err(e) => return startup_failure(&format!("cannot write the OpenAPI description: {e}")),
+    };
+    let ctx = ServiceContext::new(
+        S::NAME,
+        card,
+        phases.phases().to_vec(),
+        metrics,
+        S::PLAYGROUND,
+        openapi,
+    );
     crate::serve(ctx, routes, args, listener)
 }

@@ -11,7 +11,7 @@ use text::{GenerateOptions, Gpt2Tokenizer, SamplingParams, END_OF_TEXT};
 use crate::error::{api_error, invalid};
 
 /// `prompt`: a string, strings, tokens, or lists of tokens.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
@@ -21,7 +21,7 @@ pub enum Prompt {
 }
 
 /// `stop`: one string or up to four.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -30,32 +30,51 @@ pub enum Stop {
 
 /// The request body. Unknown fields (`model`, `user`, ...) are accepted and ignored: clients
 /// send them, and the service serves one model whatever `model` says.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
+    /// A string, strings, token ids or lists of token ids; absent or `""` is `<|endoftext|>`.
     pub prompt: Option<Prompt>,
+    /// Default 16; the prompt and `max_tokens` within the context (else 422
+    /// `context_length_exceeded`); 0 with `echo` scores the prompt.
     pub max_tokens: Option<u64>,
+    /// Default 1; 0 is greedy.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
+    /// Choices per prompt (prompts x n at most 128); choice `i` samples with `seed + i`.
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<u64>,
+    /// Up to 4 strings, matched across token boundaries.
     pub stop: Option<Stop>,
     pub seed: Option<i64>,
+    /// Alternatives per token in `top_logprobs`.
+    #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<u64>,
     #[serde(default)]
     pub echo: bool,
+    /// Server-Sent Events, one chunk per token, then `data: [DONE]`.
     #[serde(default)]
     pub stream: bool,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
+    /// Token id -> -100..100, added to the logits.
     pub logit_bias: Option<HashMap<String, f32>>,
+    /// Only equal to `n`.
     pub best_of: Option<u64>,
+    /// Only empty: GPT-2 has no suffix.
     pub suffix: Option<String>,
+    /// Extension: 0 keeps all.
     pub top_k: Option<u64>,
+    /// Extension: CTRL's, over generated tokens; above 0.
     pub repetition_penalty: Option<f32>,
     pub stream_options: Option<StreamOptions>,
 }
 
 /// `stream_options` of a streamed completion.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     /// A last chunk, before `[DONE]`, with no choices and the request's `usage`.
     #[serde(default)]

@@ -4,14 +4,14 @@
 
 use base64::Engine as _;
 use runtime::ApiError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use text::Gpt2Tokenizer;
 
 use crate::error::{api_error, invalid};
 
 /// `input`: one text, several, or already tokenized.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Input {
     Text(String),
@@ -21,7 +21,7 @@ pub enum Input {
 }
 
 /// How vectors are written in the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodingFormat {
     Float,
@@ -29,11 +29,38 @@ pub enum EncodingFormat {
 }
 
 /// The request body; unknown fields (`model`, `user`) are accepted and ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsRequest {
+    /// Up to `--max-embedding-inputs` inputs, each 1 to the context's tokens.
     pub input: Option<Input>,
+    /// `float` (default) or `base64` (little-endian f32 bytes).
     pub encoding_format: Option<EncodingFormat>,
+    /// If given, the model's width.
     pub dimensions: Option<u64>,
+}
+
+/// The answer: one unit-length vector per input, in order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EmbeddingsAnswer {
+    pub object: &'static str,
+    pub data: Vec<EmbeddingItem>,
+    pub model: String,
+    pub usage: EmbeddingsUsage,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EmbeddingItem {
+    pub object: &'static str,
+    pub index: usize,
+    /// Floats, or their little-endian f32 bytes in base64.
+    #[schema(value_type = serde_json::Value)]
+    pub embedding: Value,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EmbeddingsUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
 }
 
 /// A validated request: each input's tokens.
@@ -104,8 +131,8 @@ impl EmbeddingsRequest {
 
 impl Embeddings {
     /// The answer for `vectors` (one per input, in order).
-    pub fn answer(&self, model: &str, vectors: &[Vec<f32>]) -> Value {
-        let data: Vec<Value> = vectors
+    pub fn answer(&self, model: &str, vectors: &[Vec<f32>]) -> EmbeddingsAnswer {
+        let data = vectors
             .iter()
             .enumerate()
             .map(|(index, vector)| {
@@ -116,15 +143,22 @@ impl Embeddings {
                         json!(base64::engine::general_purpose::STANDARD.encode(bytes))
                     }
                 };
-                json!({"object": "embedding", "index": index, "embedding": embedding})
+                EmbeddingItem {
+                    object: "embedding",
+                    index,
+                    embedding,
+                }
             })
             .collect();
         let tokens: usize = self.inputs.iter().map(Vec::len).sum();
-        json!({
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        })
+        EmbeddingsAnswer {
+            object: "list",
+            data,
+            model: model.to_string(),
+            usage: EmbeddingsUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        }
     }
 }

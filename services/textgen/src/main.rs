@@ -171,6 +171,23 @@ impl runtime::Service for Textgen<'_> {
     type Error = String;
 
     /// The model, then the corpus (its own init phase) when one is named.
+    fn openapi() -> utoipa::openapi::OpenApi {
+        use utoipa::OpenApi;
+        let mut doc = routes::Routes::openapi();
+        let aliases = [
+            (
+                "/v1/completions",
+                &["/", "/invocations", "/v1/engines/{engine}/completions"][..],
+            ),
+            ("/v1/search", &["/v1/engines/{engine}/search"][..]),
+            ("/v1/embeddings", &["/v1/engines/{engine}/embeddings"][..]),
+        ];
+        for (path, also) in aliases {
+            runtime::openapi::alias(&mut doc, path, also);
+        }
+        doc
+    }
+
     fn load(&self, phases: &mut InitPhases) -> Result<(Self::Model, ModelCard), String> {
         let (model, mut card) = model::load(self.model, phases).map_err(|e| e.to_string())?;
         let corpus = self
@@ -312,7 +329,10 @@ fn search(
         }
     };
     if as_json {
-        println!("{}", search::answer(&card.id, &search, &hits));
+        println!(
+            "{}",
+            serde_json::to_string(&search::answer(&card.id, &search, &hits)).unwrap_or_default()
+        );
         return ExitCode::SUCCESS;
     }
     println!(

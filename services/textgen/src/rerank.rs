@@ -3,8 +3,7 @@
 //! scored by the model: the same stage, scores and order as `/v1/search` over those texts.
 
 use runtime::ApiError;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use text::retrieval::SearchHit;
 
 use crate::error::invalid;
@@ -12,7 +11,7 @@ use crate::search::SearchRequest;
 
 /// text-embeddings-inference: `{"query", "texts", "return_text"?}`; its other fields
 /// (`truncate`, `raw_scores`) are accepted and ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TeiRerankRequest {
     pub query: String,
     pub texts: Vec<String>,
@@ -21,7 +20,7 @@ pub struct TeiRerankRequest {
 }
 
 /// A document of a Cohere-shaped request: a string, or `{"text": ...}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum RerankDocument {
     Text(String),
@@ -30,13 +29,45 @@ pub enum RerankDocument {
 
 /// Cohere / Jina: `{"query", "documents", "top_n"?, "return_documents"?}`; `model` is accepted
 /// and ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CohereRerankRequest {
     pub query: String,
     pub documents: Vec<RerankDocument>,
     pub top_n: Option<u64>,
     #[serde(default)]
     pub return_documents: bool,
+}
+
+/// One text of `/rerank`'s answer; its `text` with `return_text`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TeiRank {
+    pub index: usize,
+    /// `bm25 + rerank_weight * model`, as in search.
+    pub score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `/v1/rerank`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CohereRerankAnswer {
+    pub model: String,
+    pub results: Vec<CohereRank>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CohereRank {
+    pub index: usize,
+    /// `bm25 + rerank_weight * model`, as in search.
+    pub relevance_score: f32,
+    /// With `return_documents`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<RankedText>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RankedText {
+    pub text: String,
 }
 
 /// The search that scores every one of `texts` for `query`.
@@ -57,19 +88,15 @@ impl TeiRerankRequest {
         search_over(self.query.clone(), self.texts.clone())
     }
 
-    /// `[{"index", "score", "text"?}]`, best first.
-    pub fn answer(&self, hits: &[SearchHit]) -> Value {
-        let ranked: Vec<Value> = hits
-            .iter()
-            .map(|hit| {
-                let mut item = json!({"index": hit.document, "score": hit.score});
-                if self.return_text {
-                    item["text"] = json!(self.texts[hit.document]);
-                }
-                item
+    /// Every text, best first.
+    pub fn answer(&self, hits: &[SearchHit]) -> Vec<TeiRank> {
+        hits.iter()
+            .map(|hit| TeiRank {
+                index: hit.document,
+                score: hit.score,
+                text: self.return_text.then(|| self.texts[hit.document].clone()),
             })
-            .collect();
-        Value::Array(ranked)
+            .collect()
     }
 }
 
@@ -96,22 +123,24 @@ impl CohereRerankRequest {
         Ok(search_over(self.query.clone(), self.texts()))
     }
 
-    /// `{"model", "results": [{"index", "relevance_score", "document"?: {"text"}}]}`, best
-    /// first, the first `top_n`.
-    pub fn answer(&self, model: &str, hits: &[SearchHit]) -> Value {
+    /// The first `top_n`, best first.
+    pub fn answer(&self, model: &str, hits: &[SearchHit]) -> CohereRerankAnswer {
         let texts = self.texts();
         let top_n = self.top_n.map_or(hits.len(), |n| n as usize);
-        let results: Vec<Value> = hits
+        let results = hits
             .iter()
             .take(top_n)
-            .map(|hit| {
-                let mut item = json!({"index": hit.document, "relevance_score": hit.score});
-                if self.return_documents {
-                    item["document"] = json!({"text": texts[hit.document]});
-                }
-                item
+            .map(|hit| CohereRank {
+                index: hit.document,
+                relevance_score: hit.score,
+                document: self.return_documents.then(|| RankedText {
+                    text: texts[hit.document].clone(),
+                }),
             })
             .collect();
-        json!({"model": model, "results": results})
+        CohereRerankAnswer {
+            model: model.to_string(),
+            results,
+        }
     }
 }

@@ -13,19 +13,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
+use runtime::openapi::ErrorBody;
 use runtime::{ApiError, ModelWorker};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use text::retrieval::{Corpus, SearchHit};
 use text::{GenerateOptions, TokenLogprob};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::completions::{Completion, CompletionRequest};
-use crate::embeddings::EmbeddingsRequest;
+use crate::embeddings::{EmbeddingsAnswer, EmbeddingsRequest};
 use crate::error::api_error;
 use crate::model::{ChoiceJob, Event, Job, TextModel};
-use crate::rerank::{CohereRerankRequest, TeiRerankRequest};
-use crate::search::{RerankArgs, Search, SearchRequest};
-use crate::tokenize::{DetokenizeRequest, TokenizeRequest};
+use crate::rerank::{CohereRerankAnswer, CohereRerankRequest, TeiRank, TeiRerankRequest};
+use crate::search::{RerankArgs, Search, SearchAnswer, SearchRequest};
+use crate::tokenize::{DetokenizeAnswer, DetokenizeRequest, TokenizeAnswer, TokenizeRequest};
 
 /// What the routes share.
 pub struct AppState {
@@ -87,27 +89,58 @@ async fn reply<T>(receiver: oneshot::Receiver<Result<T, text::TextError>>) -> Re
         .map_err(api_error)
 }
 
-async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// OpenAI's legacy search: BM25 keeps the `max_rerank` best candidates of the request's
+/// `documents` or the loaded corpus, GPT-2 reranks them. Also at `/v1/engines/{engine}/search`.
+#[utoipa::path(post, path = "/v1/search", tag = "textgen", request_body = SearchRequest,
+    responses(
+        (status = 200, description = "the results, best first", body = SearchAnswer),
+        (status = 400, description = "malformed JSON or a wrong type", body = ErrorBody),
+        (status = 404, description = "an unknown `file`", body = ErrorBody),
+        (status = 422, description = "an empty query, no documents or too many, both documents and file, max_rerank out of range, a query longer than the context", body = ErrorBody),
+    ))]
+async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<SearchAnswer>, ApiError> {
     let (search, hits) = run_search(&state, parse(&body)?).await?;
     Ok(Json(crate::search::answer(&state.model_id, &search, &hits)))
 }
 
-/// text-embeddings-inference's `/rerank`.
-async fn rerank(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// text-embeddings-inference's `/rerank`: every text scored for the query, best first (a
+/// search over the texts).
+#[utoipa::path(post, path = "/rerank", tag = "textgen", request_body = TeiRerankRequest,
+    responses(
+        (status = 200, description = "every text, best first", body = Vec<TeiRank>),
+        (status = 400, description = "malformed JSON or a wrong type", body = ErrorBody),
+        (status = 422, description = "an empty query, no texts or more than --max-search-documents", body = ErrorBody),
+    ))]
+async fn rerank(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Vec<TeiRank>>, ApiError> {
     let request: TeiRerankRequest = parse(&body)?;
     let (_, hits) = run_search(&state, request.search()).await?;
     Ok(Json(request.answer(&hits)))
 }
 
-/// Cohere's and Jina's `/v1/rerank`.
-async fn rerank_v1(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// Cohere's and Jina's `/v1/rerank`: the `top_n` best documents (a search over them).
+#[utoipa::path(post, path = "/v1/rerank", tag = "textgen", request_body = CohereRerankRequest,
+    responses(
+        (status = 200, description = "the best documents first", body = CohereRerankAnswer),
+        (status = 400, description = "malformed JSON or a wrong type", body = ErrorBody),
+        (status = 422, description = "an empty query, no documents or too many, top_n out of range", body = ErrorBody),
+    ))]
+async fn rerank_v1(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<CohereRerankAnswer>, ApiError> {
     let request: CohereRerankRequest = parse(&body)?;
     let (_, hits) = run_search(&state, request.search()?).await?;
     Ok(Json(request.answer(&state.model_id, &hits)))
 }
 
-/// vLLM's `/tokenize`, off the async runtime (a long text takes a while).
-async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// vLLM's `/tokenize`: a text's GPT-2 tokens (worked out off the async runtime: a long text
+/// takes a while).
+#[utoipa::path(post, path = "/tokenize", tag = "textgen", request_body = TokenizeRequest,
+    responses(
+        (status = 200, description = "the tokens", body = TokenizeAnswer),
+        (status = 400, description = "malformed JSON or a wrong type", body = ErrorBody),
+    ))]
+async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<TokenizeAnswer>, ApiError> {
     let request: TokenizeRequest = parse(&body)?;
     let model = state.model.clone();
     tokio::task::spawn_blocking(move || request.answer(&model.tokenizer, model.gpt2.config().n_positions))
@@ -116,8 +149,17 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Jso
         .map(Json)
 }
 
-/// vLLM's `/detokenize`.
-async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// vLLM's `/detokenize`: the text of tokens (bytes that are not UTF-8 as U+FFFD).
+#[utoipa::path(post, path = "/detokenize", tag = "textgen", request_body = DetokenizeRequest,
+    responses(
+        (status = 200, description = "the text", body = DetokenizeAnswer),
+        (status = 400, description = "malformed JSON or a wrong type", body = ErrorBody),
+        (status = 422, description = "a token outside the vocabulary", body = ErrorBody),
+    ))]
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<DetokenizeAnswer>, ApiError> {
     let request: DetokenizeRequest = parse(&body)?;
     request.answer(&state.model.tokenizer).map(Json)
 }
@@ -143,7 +185,18 @@ async fn run_search(state: &AppState, request: SearchRequest) -> Result<(Search,
     Ok((search, hits))
 }
 
-async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// OpenAI's embeddings: the mean of GPT-2's last hidden states over each input's tokens, unit
+/// length. Also at `/v1/engines/{engine}/embeddings`.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "textgen", request_body = EmbeddingsRequest,
+    responses(
+        (status = 200, description = "one vector per input", body = EmbeddingsAnswer),
+        (status = 400, description = "malformed JSON or a wrong type", body = ErrorBody),
+        (status = 422, description = "no input, too many, an empty or over-long input, a token outside the vocabulary, dimensions other than the model's", body = ErrorBody),
+    ))]
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<EmbeddingsAnswer>, ApiError> {
     let request: EmbeddingsRequest = parse(&body)?;
     let config = state.model.gpt2.config();
     let embeddings = request.validate(
@@ -161,6 +214,18 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
     Ok(Json(embeddings.answer(&state.model_id, &vectors)))
 }
 
+/// OpenAI's completions, as one answer or, with `stream`, as Server-Sent Events: one chunk per
+/// token (the shape of the answer, one choice each), a last chunk per choice with its
+/// `finish_reason`, with `stream_options.include_usage` a chunk with no choices and the
+/// `usage`, then `data: [DONE]`. Also at `/`, `/invocations` and
+/// `/v1/engines/{engine}/completions`.
+#[utoipa::path(post, path = "/v1/completions", tag = "textgen", request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "the completion; with `stream`, `text/event-stream` of chunks of this shape", content(
+            (CompletionAnswer = "application/json"), (CompletionAnswer = "text/event-stream"))),
+        (status = 400, description = "malformed JSON or a wrong type", body = ErrorBody),
+        (status = 422, description = "a value out of its range, a token outside the vocabulary, the prompt and max_tokens over the context (`context_length_exceeded`)", body = ErrorBody),
+    ))]
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse(&body)?;
     let completion = request.validate(&state.model.tokenizer, state.model.gpt2.config().n_positions)?;
@@ -192,6 +257,43 @@ fn choice_jobs(completion: &Completion) -> Vec<ChoiceJob> {
     }
     jobs
 }
+
+/// A completion, or one chunk of a streamed one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompletionAnswer {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    /// The whole answer's; a stream's, with `include_usage`, in its last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompletionChoice {
+    pub text: String,
+    pub index: usize,
+    /// With `logprobs`: `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`, one
+    /// entry per token; `null` otherwise.
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Value,
+    /// `length` or `stop`; `null` on a stream's chunks before the choice's last.
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// textgen's own routes, for its OpenAPI description.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(completions, search, embeddings, rerank, rerank_v1, tokenize, detokenize))]
+pub struct Routes;
 
 /// Builds the answer from the model thread's events.
 struct Answer {
@@ -298,23 +400,50 @@ impl Answer {
         }))
     }
 
-    fn envelope(&self, choices: Value) -> Value {
-        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_id, "choices": choices})
+    fn envelope(&self, choices: Vec<CompletionChoice>) -> CompletionAnswer {
+        CompletionAnswer {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model_id.clone(),
+            choices,
+            usage: None,
+        }
+    }
+
+    /// A stream's chunk of one choice.
+    fn chunk(
+        &self,
+        text: String,
+        index: usize,
+        logprobs: Value,
+        finish_reason: Option<&'static str>,
+    ) -> String {
+        let chunk = self.envelope(vec![CompletionChoice {
+            text,
+            index,
+            logprobs,
+            finish_reason,
+        }]);
+        serde_json::to_string(&chunk).unwrap_or_default()
     }
 
     /// OpenAI's `usage` of the whole request, from its choices' completion tokens.
-    fn usage(&self, choices: &[Choice]) -> Value {
+    fn usage(&self, choices: &[Choice]) -> Usage {
         let prompt_tokens: usize = self.prompts.iter().map(Vec::len).sum::<usize>() * self.n;
         let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
-        json!({
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        })
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
     }
 
     /// Waits for every choice and answers the whole completion.
-    async fn collect(self, mut receiver: mpsc::UnboundedReceiver<Event>) -> Result<Value, ApiError> {
+    async fn collect(
+        self,
+        mut receiver: mpsc::UnboundedReceiver<Event>,
+    ) -> Result<CompletionAnswer, ApiError> {
         let count = self.prompts.len() * self.n;
         let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
         while let Some(event) = receiver.recv().await {
@@ -344,7 +473,7 @@ impl Answer {
             return Err(ApiError::internal("the model thread stopped before finishing"));
         }
         let usage = self.usage(&choices);
-        let choices: Vec<Value> = choices
+        let choices = choices
             .into_iter()
             .enumerate()
             .map(|(index, c)| {
@@ -353,11 +482,16 @@ impl Answer {
                 } else {
                     Value::Null
                 };
-                json!({"text": c.text, "index": index, "logprobs": logprobs, "finish_reason": c.finish_reason})
+                CompletionChoice {
+                    text: c.text,
+                    index,
+                    logprobs,
+                    finish_reason: c.finish_reason,
+                }
             })
             .collect();
-        let mut answer = self.envelope(Value::Array(choices));
-        answer["usage"] = usage;
+        let mut answer = self.envelope(choices);
+        answer.usage = Some(usage);
         Ok(answer)
     }
 
@@ -378,16 +512,16 @@ impl Answer {
                 match receiver.recv().await {
                     None if answer.include_usage => {
                         answer.include_usage = false;
-                        let mut chunk = answer.envelope(json!([]));
-                        chunk["usage"] = answer.usage(&choices);
-                        break chunk;
+                        let mut chunk = answer.envelope(Vec::new());
+                        chunk.usage = Some(answer.usage(&choices));
+                        break serde_json::to_string(&chunk).unwrap_or_default();
                     }
                     None => return Some((Ok(SseEvent::default().data("[DONE]")), None)),
                     Some(Event::Prompt { choice, logprobs }) => {
                         let before = choices[choice].text.len();
                         if let Some(logprobs) = answer.add_prompt(&mut choices[choice], choice, &logprobs) {
                             let text = choices[choice].text[before..].to_string();
-                            break answer.envelope(json!([{"text": text, "index": choice, "logprobs": logprobs, "finish_reason": null}]));
+                            break answer.chunk(text, choice, logprobs, None);
                         }
                     }
                     Some(Event::Token { choice, step }) => {
@@ -397,7 +531,7 @@ impl Answer {
                             step.token,
                             step.logprob.as_ref(),
                         );
-                        break answer.envelope(json!([{"text": step.text, "index": choice, "logprobs": logprobs, "finish_reason": null}]));
+                        break answer.chunk(step.text, choice, logprobs, None);
                     }
                     Some(Event::Done {
                         choice,
@@ -405,15 +539,16 @@ impl Answer {
                         completion_tokens,
                     }) => {
                         choices[choice].completion_tokens = completion_tokens;
-                        break answer.envelope(json!([{"text": "", "index": choice, "logprobs": null, "finish_reason": finish_reason.as_str()}]));
+                        break answer.chunk(String::new(), choice, Value::Null, Some(finish_reason.as_str()));
                     }
                     Some(Event::Failed(message)) => {
-                        break json!({"error": {"message": format!("generation failed: {message}"), "type": "server_error", "code": "internal_error"}})
+                        let error = ApiError::internal(format!("generation failed: {message}"));
+                        break serde_json::to_string(&error.body()).unwrap_or_default();
                     }
                 }
             };
             Some((
-                Ok(SseEvent::default().data(chunk.to_string())),
+                Ok(SseEvent::default().data(chunk)),
                 Some((answer, receiver, choices)),
             ))
         })

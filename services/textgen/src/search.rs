@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use runtime::error::excerpt;
 use runtime::ApiError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use text::retrieval::{Corpus, SearchHit, SearchOptions};
 use text::Gpt2Tokenizer;
@@ -28,16 +28,63 @@ pub struct RerankArgs {
 
 /// The request body. Unknown fields (`search_model`, `sort`, `model`, `user`, ...) are
 /// accepted and ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SearchRequest {
+    /// Non-empty, shorter than the context.
     pub query: Option<String>,
+    /// 1 to `--max-search-documents`; or `file`, never both.
     pub documents: Option<Vec<String>>,
+    /// The corpus loaded with `--corpus`, by its file name.
     pub file: Option<String>,
+    /// Candidates the model reranks: 1 to `--max-search-documents`, default 200.
+    #[schema(minimum = 1)]
     pub max_rerank: Option<u64>,
+    /// `document` is then the document itself, and the result has `text` and `metadata`.
     #[serde(default)]
     pub return_metadata: bool,
     /// Extension: this request's weight of the model score (default: `--rerank-weight`).
     pub rerank_weight: Option<f32>,
+}
+
+/// The answer, best first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchAnswer {
+    pub object: &'static str,
+    pub model: String,
+    pub data: Vec<SearchResult>,
+}
+
+/// A result: OpenAI's shape (`document` the index), or with `return_metadata` the document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum SearchResult {
+    Index {
+        object: &'static str,
+        document: usize,
+        score: f32,
+    },
+    Document {
+        object: &'static str,
+        document: FoundDocument,
+        score: f32,
+        text: String,
+        /// A corpus document's metadata plus its `id`; `null` for the request's own.
+        #[schema(value_type = Option<Object>)]
+        metadata: Value,
+    },
+}
+
+/// A document as the search example this service grew from reads it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FoundDocument {
+    /// The corpus id, or the position for the request's own documents.
+    pub _id: String,
+    pub _score: f32,
+    pub content: String,
+    /// The corpus line's own metadata; `null` for the request's own documents.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Value,
+    pub index: usize,
 }
 
 /// What a search runs over.
@@ -170,12 +217,16 @@ impl SearchRequest {
 /// top-level `text` and `metadata` (a corpus document's metadata plus its `id`) stay for
 /// clients that read OpenAI's shape. A request's own documents have no metadata (`null`) and
 /// their position as `_id`.
-pub fn answer(model: &str, search: &Search, hits: &[SearchHit]) -> Value {
-    let data: Vec<Value> = hits
+pub fn answer(model: &str, search: &Search, hits: &[SearchHit]) -> SearchAnswer {
+    let data = hits
         .iter()
         .map(|hit| {
             if !search.return_metadata {
-                return json!({"object": "search_result", "document": hit.document, "score": hit.score});
+                return SearchResult::Index {
+                    object: "search_result",
+                    document: hit.document,
+                    score: hit.score,
+                };
             }
             let content = search.documents.text(hit.document);
             let (id, own_metadata, metadata) = match &search.documents {
@@ -191,20 +242,24 @@ pub fn answer(model: &str, search: &Search, hits: &[SearchHit]) -> Value {
                 }
                 Documents::Given(_) => (hit.document.to_string(), Value::Null, Value::Null),
             };
-            json!({
-                "object": "search_result",
-                "document": {
-                    "_id": id,
-                    "_score": hit.score,
-                    "content": content,
-                    "metadata": own_metadata,
-                    "index": hit.document,
+            SearchResult::Document {
+                object: "search_result",
+                document: FoundDocument {
+                    _id: id,
+                    _score: hit.score,
+                    content: content.to_string(),
+                    metadata: own_metadata,
+                    index: hit.document,
                 },
-                "score": hit.score,
-                "text": content,
-                "metadata": metadata,
-            })
+                score: hit.score,
+                text: content.to_string(),
+                metadata,
+            }
         })
         .collect();
-    json!({"object": "list", "model": model, "data": data})
+    SearchAnswer {
+        object: "list",
+        model: model.to_string(),
+        data,
+    }
 }

@@ -1,38 +1,55 @@
 //! vLLM's `/tokenize` and `/detokenize`: a text's GPT-2 token ids, and the text of token ids.
 
 use runtime::ApiError;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use text::Gpt2Tokenizer;
 
 use crate::error::{api_error, invalid};
 
 /// `{"prompt": "..."}`; other fields (`model`, `add_special_tokens`) are accepted and ignored:
 /// GPT-2 adds no special tokens.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TokenizeRequest {
     pub prompt: String,
 }
 
 /// `{"tokens": [...]}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct DetokenizeRequest {
     pub tokens: Vec<u64>,
 }
 
+/// `/tokenize`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenizeAnswer {
+    pub tokens: Vec<u32>,
+    pub count: usize,
+    /// The model's context, in tokens.
+    pub max_model_len: usize,
+}
+
+/// `/detokenize`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DetokenizeAnswer {
+    pub prompt: String,
+}
+
 impl TokenizeRequest {
-    /// `{"tokens", "count", "max_model_len"}`; `<|endoftext|>` in the text is the special token,
-    /// as in completions' prompts.
-    pub fn answer(&self, tokenizer: &Gpt2Tokenizer, context: usize) -> Result<Value, ApiError> {
+    /// The tokens; `<|endoftext|>` in the text is the special token, as in completions' prompts.
+    pub fn answer(&self, tokenizer: &Gpt2Tokenizer, context: usize) -> Result<TokenizeAnswer, ApiError> {
         let tokens = tokenizer.encode(&self.prompt).map_err(api_error)?;
-        Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": context}))
+        Ok(TokenizeAnswer {
+            count: tokens.len(),
+            tokens,
+            max_model_len: context,
+        })
     }
 }
 
 impl DetokenizeRequest {
     /// `{"prompt"}`: the tokens' bytes as text, any bytes that are not UTF-8 (a character cut
     /// between tokens) as U+FFFD.
-    pub fn answer(&self, tokenizer: &Gpt2Tokenizer) -> Result<Value, ApiError> {
+    pub fn answer(&self, tokenizer: &Gpt2Tokenizer) -> Result<DetokenizeAnswer, ApiError> {
         let vocab = tokenizer.vocab_size();
         let ids = self
             .tokens
@@ -45,6 +62,8 @@ impl DetokenizeRequest {
                     .ok_or_else(|| invalid(format!("tokens[{i}] is {id}, outside the vocabulary of {vocab}")))
             })
             .collect::<Result<Vec<u32>, _>>()?;
-        Ok(json!({"prompt": tokenizer.decode(&ids)}))
+        Ok(DetokenizeAnswer {
+            prompt: tokenizer.decode(&ids),
+        })
     }
 }
