@@ -831,25 +831,32 @@ pub fn drive_playground(server: &Server, service: &str, args: &[&str]) -> Option
         return None;
     };
     let screenshot = temp_dir("playground").join(format!("{service}.png"));
+    let screenshot_arg = screenshot.to_str().expect("a UTF-8 temporary path");
+    let mut with_screenshot = args.to_vec();
+    with_screenshot.extend(["--screenshot", screenshot_arg]);
+    let seen = run_check(&python, "tests/playground.py", server, service, &with_screenshot);
+    assert!(
+        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),
+        "no screenshot"
+    );
+    Some(seen)
+}
+
+/// Runs `python script service base args...`, which must succeed, and answers its last line's JSON.
+fn run_check(python: &str, script: &str, server: &Server, service: &str, args: &[&str]) -> Value {
     let output = Command::new(python)
-        .arg(root().join("tests/playground.py"))
+        .arg(root().join(script))
         .args([service, server.base.as_str()])
         .args(args)
-        .arg("--screenshot")
-        .arg(&screenshot)
         .output()
-        .expect("run tests/playground.py");
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),
-        "no screenshot"
-    );
-    Some(serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON"))
+    serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON")
 }
 
 /// Runs tests/openapi_check.py against `server` (the document validated, then a real answer of
@@ -860,17 +867,11 @@ pub fn check_openapi(server: &Server, service: &str, args: &[&str]) -> Option<Va
         eprintln!("skipped: DEPLOY_TEST_PYTHON is not set (.ci/run sets it to a Python with openapi-spec-validator)");
         return None;
     };
-    let output = Command::new(python)
-        .arg(root().join("tests/openapi_check.py"))
-        .args([service, server.base.as_str()])
-        .args(args)
-        .output()
-        .expect("run tests/openapi_check.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON"))
+    Some(run_check(
+        &python,
+        "tests/openapi_check.py",
+        server,
+        service,
+        args,
+    ))
 }
