@@ -90,7 +90,7 @@ def exchange(route, method, path=None, body=None, content_type=None, expect=200)
 
 
 def common_routes():
-    for route in ["/health", "/v2/health/live", "/v2/health/ready", "/v1/models", "/metrics", "/openapi.json", "/", "/playground.css"]:
+    for route in ["/health", "/v2/health/live", "/v2/health/ready", "/v1/models", "/metrics", "/openapi.json", "/", "/playground.css", "/playground.js"]:
         exchange(route, "get")
 
 

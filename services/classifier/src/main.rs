@@ -83,13 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    runtime::prepare_process();
-    let cli = Cli::parse();
-    let mode = match cli.command {
-        Command::Serve { .. } => runtime::telemetry::LogMode::Service,
-        _ => runtime::telemetry::LogMode::Cli,
-    };
-    runtime::telemetry::init(mode);
+    let cli: Cli = runtime::start(|cli: &Cli| matches!(cli.command, Command::Serve { .. }));
     match cli.command {
         Command::Probe(probe) => runtime::probe::run(&probe),
         Command::Serve {

@@ -36,6 +36,20 @@ pub fn prepare_process() {
     keep_large_allocations();
 }
 
+/// Sets the process up ([`prepare_process`]), parses the command line, and starts logging:
+/// JSON lines when `is_service` says the command serves, plain text for the command-line tools.
+pub fn start<C: clap::Parser>(is_service: impl FnOnce(&C) -> bool) -> C {
+    prepare_process();
+    let cli = C::parse();
+    let mode = if is_service(&cli) {
+        telemetry::LogMode::Service
+    } else {
+        telemetry::LogMode::Cli
+    };
+    telemetry::init(mode);
+    cli
+}
+
 /// Where requests come from: a port, or AWS Lambda's Runtime API.
 #[derive(Debug)]
 pub enum Listener {

@@ -160,6 +160,7 @@ pub fn app(ctx: Arc<ServiceContext>, routes: Router, args: &ServeArgs) -> Router
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/playground.css", get(playground_css))
+        .route("/playground.js", get(playground_js))
         .route("/", get(playground))
         .route("/openapi.json", get(openapi_json))
         .with_state(ctx.clone())
@@ -276,7 +277,8 @@ pub async fn shutdown_signal() {
         metrics,
         openapi_json,
         playground,
-        playground_css
+        playground_css,
+        playground_js
     ),
     components(schemas(crate::openapi::ErrorBody, crate::openapi::OpenInferenceError))
 )]
@@ -287,6 +289,13 @@ pub struct SharedRoutes;
 async fn playground_css() -> Response {
     const CSS: &str = include_str!("../assets/playground.css");
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+/// The playground pages' shared script: element lookup, the API key, error messages.
+#[utoipa::path(get, path = "/playground.js", tag = "playground", responses((status = 200, description = "the script", content_type = "text/javascript")))]
+async fn playground_js() -> Response {
+    const JS: &str = include_str!("../assets/playground.js");
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], JS).into_response()
 }
 
 /// The service's playground page, HTML shipped inside the binary.
