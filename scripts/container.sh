@@ -43,11 +43,15 @@ make_base() {
     command -v debootstrap >/dev/null || { echo "error: debootstrap is not installed (Debian: apt-get install debootstrap)" >&2; exit 1; }
     local rootfs
     rootfs=$(mktemp -d "${TMPDIR:-/tmp}/container-base.XXXXXX")
-    trap 'rm -rf "$rootfs"' RETURN
     echo "== making $base_image with debootstrap --variant=minbase bookworm" >&2
-    debootstrap --variant=minbase bookworm "$rootfs" >"$rootfs.log" 2>&1 || { tail -20 "$rootfs.log" >&2; exit 1; }
+    if ! debootstrap --variant=minbase bookworm "$rootfs" >"$rootfs.log" 2>&1; then
+        tail -20 "$rootfs.log" >&2
+        rm -rf "$rootfs" "$rootfs.log"
+        exit 1
+    fi
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs.log"
     tar -C "$rootfs" -c . | "$engine" import - "$base_image" >/dev/null
+    rm -rf "$rootfs"
 }
 
 ensure_base() {
