@@ -606,6 +606,9 @@ pub fn free_port() -> u16 {
 /// `<binary> serve` as an AWS Lambda function, behind the Lambda Runtime API emulator of
 /// cargo-lambda (`cargo lambda watch --only-lambda-apis`); both stopped when dropped.
 pub struct LambdaFunction {
+    /// One emulator at a time: two side by side (the tests of one file run in parallel) were
+    /// seen to lose one of them.
+    _alone: std::sync::MutexGuard<'static, ()>,
     emulator: Child,
     function: Child,
     cargo_lambda: String,
@@ -622,6 +625,8 @@ impl LambdaFunction {
             eprintln!("skipped: CARGO_LAMBDA is not set (.ci/run sets it to cargo-lambda's binary)");
             return None;
         };
+        static EMULATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let alone = EMULATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let port = free_port();
         let emulator = Command::new(&cargo_lambda)
             .args([
@@ -674,6 +679,7 @@ impl LambdaFunction {
         // Later lines are drained so that the function never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         Some(Self {
+            _alone: alone,
             emulator,
             function,
             cargo_lambda,
