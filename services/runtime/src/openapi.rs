@@ -2,6 +2,8 @@
 //! request and answer types (`utoipa`), the shared routes, and on every route of the service
 //! the errors the middleware answers, with the limits this process was started with.
 
+use std::sync::OnceLock;
+
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::response::ResponseBuilder;
@@ -77,6 +79,37 @@ pub struct ModelEntry {
     pub details: Value,
     pub init_phases: Vec<Phase>,
     pub init_ms: f64,
+}
+
+/// The description a service serves, written on the first request for it rather than at start:
+/// the cold start is what users measure, and most processes are never asked.
+pub struct Description {
+    build: Box<dyn Fn() -> OpenApi + Send + Sync>,
+    json: OnceLock<String>,
+}
+
+impl Description {
+    pub fn new(build: impl Fn() -> OpenApi + Send + Sync + 'static) -> Self {
+        Self {
+            build: Box::new(build),
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The description as JSON, written once.
+    pub fn json(&self) -> Result<&str, serde_json::Error> {
+        if let Some(json) = self.json.get() {
+            return Ok(json);
+        }
+        let json = serde_json::to_string(&(self.build)())?;
+        Ok(self.json.get_or_init(|| json))
+    }
+}
+
+impl std::fmt::Debug for Description {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Description")
+    }
 }
 
 /// The statuses the middleware answers on every route of a service, and why.

@@ -72,7 +72,7 @@ pub struct ServiceContext {
     /// makes send the key the user types in).
     pub playground: &'static str,
     /// The OpenAPI description, served at `/openapi.json`.
-    pub openapi: String,
+    pub openapi: crate::openapi::Description,
     shutting_down: AtomicBool,
     checksum: OnceLock<String>,
 }
@@ -84,7 +84,7 @@ impl ServiceContext {
         phases: Vec<Phase>,
         metrics: Arc<Metrics>,
         playground: &'static str,
-        openapi: String,
+        openapi: crate::openapi::Description,
     ) -> Arc<Self> {
         Arc::new(Self {
             service,
@@ -311,7 +311,10 @@ async fn playground(State(ctx): State<Arc<ServiceContext>>) -> Response {
 /// This OpenAPI description.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
 async fn openapi_json(State(ctx): State<Arc<ServiceContext>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], ctx.openapi.clone()).into_response()
+    match ctx.openapi.json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json.to_string()).into_response(),
+        Err(e) => ApiError::internal(format!("cannot write the OpenAPI description: {e}")).into_response(),
+    }
 }
 
 /// Readiness: 200 once the model answers, 503 while draining. `ready` is the field KServe's
@@ -579,7 +582,7 @@ mod tests {
             Vec::new(),
             Arc::new(Metrics::default()),
             "<!doctype html>",
-            "{}".into(),
+            crate::openapi::Description::new(utoipa::openapi::OpenApi::default),
         )
     }
 

@@ -55,12 +55,12 @@ pub fn serve<S: Service>(service: S, args: &ServeArgs) -> ExitCode {
         Ok(routes) => routes,
         Err(e) => return startup_failure(&e),
     };
-    let shared = <crate::server::SharedRoutes as utoipa::OpenApi>::openapi();
-    let document = crate::openapi::document(S::openapi(), shared, S::NAME, args);
-    let openapi = match serde_json::to_string(&document) {
-        Ok(json) => json,
-        Err(e) => return startup_failure(&format!("cannot write the OpenAPI description: {e}")),
-    };
+    let describe: fn() -> utoipa::openapi::OpenApi = S::openapi;
+    let limits = args.clone();
+    let openapi = crate::openapi::Description::new(move || {
+        let shared = <crate::server::SharedRoutes as utoipa::OpenApi>::openapi();
+        crate::openapi::document(describe(), shared, S::NAME, &limits)
+    });
     let ctx = ServiceContext::new(
         S::NAME,
         card,
