@@ -5,9 +5,8 @@
 
 mod common;
 
-use base64::Engine;
 use common::{get, post};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[test]
 fn the_image_classifies_through_its_port_and_drains_on_sigterm() {
@@ -40,30 +39,12 @@ fn the_image_classifies_through_its_port_and_drains_on_sigterm() {
     assert_eq!(get(&server.url("/v2/models/flowers/ready")).status, 200);
 
     // Four requests of 48 images each in flight when SIGTERM comes: all are answered.
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&photo);
-    let heavy = json!({"images": vec![encoded; 48]}).to_string();
-    let url = server.url("/v1/classify");
-    let (answers, status) = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| post(&url, Some("application/json"), heavy.as_bytes(), &[])))
-            .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !common::has_in_flight(&server, 4) {
-            assert!(std::time::Instant::now() < deadline, "the requests never arrived");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let started = std::time::Instant::now();
-        let status = server.terminate();
-        let took = started.elapsed();
-        assert!(
-            took < std::time::Duration::from_secs(10),
-            "stopping took {took:?}, over the shutdown timeout"
-        );
-        (
-            handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>(),
-            status,
-        )
-    });
+    let (answers, status, took) =
+        common::stop_with_requests_in_flight(server, "/v1/classify", &common::heavy_classify_request(), 4);
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "stopping took {took:?}, over the shutdown timeout"
+    );
     assert_eq!(status.code(), Some(0), "the container's exit status: {status:?}");
     for answer in answers {
         assert_eq!(answer.status, 200, "{}", answer.text);

@@ -377,7 +377,7 @@ fn api_key_guards_everything_but_health() {
 #[test]
 fn concurrency_limit_answers_429_with_retry_after() {
     let server = tiny_server(&["--max-concurrency", "1"]);
-    let heavy = heavy_request();
+    let heavy = common::heavy_classify_request();
     let url = server.url("/v1/classify");
     let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..6)
@@ -406,35 +406,17 @@ fn concurrency_limit_answers_429_with_retry_after() {
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
     let server = tiny_server(&[]);
-    let heavy = heavy_request();
-    let url = server.url("/v1/classify");
-    let (answers, status) = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| post(&url, Some("application/json"), heavy.as_bytes(), &[])))
-            .collect();
-        // Wait until all four requests are being answered, then ask the server to stop.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !common::has_in_flight(&server, 4) {
-            assert!(std::time::Instant::now() < deadline, "requests never arrived");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let status = server.terminate();
-        (
-            handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>(),
-            status,
-        )
-    });
+    let (answers, status, took) =
+        common::stop_with_requests_in_flight(server, "/v1/classify", &common::heavy_classify_request(), 4);
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "stopping took {took:?}, over the shutdown timeout"
+    );
     for answer in answers {
         assert_eq!(answer.status, 200, "{}", answer.text);
         assert_eq!(answer.json()["results"].as_array().unwrap().len(), 48);
     }
-}
-
-/// A JSON request of 48 images: long enough to still be running when a test acts.
-fn heavy_request() -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(fixture_image("synthetic-0-224x224.png"));
-    json!({"images": vec![b64; 48]}).to_string()
 }
 
 #[test]
@@ -491,7 +473,7 @@ fn slow_requests_time_out_with_503() {
     let answer = post(
         &server.url("/v1/classify"),
         Some("application/json"),
-        heavy_request().as_bytes(),
+        common::heavy_classify_request().as_bytes(),
         &[],
     );
     assert_eq!(answer.expect_error(503), "timeout");

@@ -223,19 +223,9 @@ fn the_kserve_python_client_gets_the_same_top5_as_v1_for_every_input_form() {
         found.sort();
         photos.extend(found.into_iter().take(3));
     }
-    let output = std::process::Command::new(python)
-        .arg(common::root().join("tests/kserve_client.py"))
-        .arg(&server.base)
-        .args(&photos)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let mut args = vec![server.base.clone()];
+    args.extend(photos.iter().map(|p| p.display().to_string()));
+    let seen = common::run_python(&python, "tests/kserve_client.py", &args);
     assert_eq!(seen["photos"], photos.len());
     eprintln!("kserve client: {seen}");
 }

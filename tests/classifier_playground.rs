@@ -10,15 +10,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_classifier");
 fn the_playground_classifies_a_photo_picked_in_the_browser() {
     let model = common::tiny_model();
     let server = common::Server::start(BINARY, &["--model", model.to_str().unwrap()], &[]);
-    let page = common::get(&server.url("/"));
-    assert_eq!(
-        (page.status, page.content_type.as_str()),
-        (200, "text/html; charset=utf-8")
-    );
-    assert!(
-        !page.text.contains("http://") && !page.text.contains("https://"),
-        "the page calls another site"
-    );
+    common::assert_playground_page(&server);
     let photo = model.join("images/synthetic-1-224x224.png");
     let Some(seen) = common::drive_playground(&server, "classifier", &["--photo", photo.to_str().unwrap()])
     else {

@@ -288,19 +288,8 @@ fn the_official_openai_client_works_unchanged() {
         return;
     };
     let Some(server) = start(&[]) else { return };
-    let script = common::root().join("tests/openai_client.py");
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .args([server.base.as_str(), "The quick brown fox jumps over the"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let args = [server.base.as_str(), "The quick brown fox jumps over the"];
+    let seen = common::run_python(&python, "tests/openai_client.py", &args);
     assert_eq!(seen["text"], seen["streamed"]);
     assert_eq!(seen["scored_tokens"].as_array().unwrap().len(), 7);
     assert_eq!(seen["embedding_dims"], json!([16, 16]));
@@ -331,21 +320,11 @@ fn the_write_ups_examples_run_unchanged_with(variable: &str, version: &str) {
     let Some(server) = start(&["--corpus", corpus.to_str().unwrap()]) else {
         return;
     };
-    let output = std::process::Command::new(python)
-        .arg(common::root().join("tests/openai_v0_example.py"))
-        .args([server.base.as_str(), query, id])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let args = [server.base.as_str(), query, id];
+    let seen = common::run_python(&python, "tests/openai_v0_example.py", &args);
     assert_eq!(seen["openai"], version);
     assert_eq!(seen["results"][0]["_id"], id);
-    eprintln!("openai {version}, the write-up's examples:\n{}", stdout.trim());
+    eprintln!("openai {version}, the write-up's examples: {seen}");
 }
 
 #[test]

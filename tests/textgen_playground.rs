@@ -18,15 +18,7 @@ fn the_playground_streams_stops_searches_and_compares() {
         corpus.to_str().unwrap(),
     ];
     let server = common::Server::start(BINARY, &args, &[]);
-    let page = common::get(&server.url("/"));
-    assert_eq!(
-        (page.status, page.content_type.as_str()),
-        (200, "text/html; charset=utf-8")
-    );
-    assert!(
-        !page.text.contains("http://") && !page.text.contains("https://"),
-        "the page calls another site"
-    );
+    common::assert_playground_page(&server);
     // POST / stays the FaaS endpoint.
     let faas = common::post_json(
         &server.url("/"),

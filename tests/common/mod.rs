@@ -848,11 +848,11 @@ pub fn drive_playground(server: &Server, service: &str, args: &[&str]) -> Option
     Some(seen)
 }
 
-/// Runs `python script service base args...`, which must succeed, and answers its last line's JSON.
-fn run_check(python: &str, script: &str, server: &Server, service: &str, args: &[&str]) -> Value {
+/// Runs `python tests/<script> args...`, which must succeed, and answers its last line's JSON
+/// (the checks written in Python print what they saw as one JSON line).
+pub fn run_python<A: AsRef<std::ffi::OsStr>>(python: &str, script: &str, args: &[A]) -> Value {
     let output = Command::new(python)
         .arg(root().join(script))
-        .args([service, server.base.as_str()])
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {script}: {e}"));
@@ -863,6 +863,13 @@ fn run_check(python: &str, script: &str, server: &Server, service: &str, args: &
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON")
+}
+
+/// [`run_python`] with `service` and the server's base URL first.
+fn run_check(python: &str, script: &str, server: &Server, service: &str, args: &[&str]) -> Value {
+    let mut all = vec![service, server.base.as_str()];
+    all.extend_from_slice(args);
+    run_python(python, script, &all)
 }
 
 /// Runs tests/openapi_check.py against `server` (the document validated, then a real answer of
@@ -880,4 +887,52 @@ pub fn check_openapi(server: &Server, service: &str, args: &[&str]) -> Option<Va
         service,
         args,
     ))
+}
+
+/// A JSON request of 48 images for the tiny classifier: long enough to still be running when a
+/// test acts.
+pub fn heavy_classify_request() -> String {
+    use base64::Engine;
+    let photo = std::fs::read(tiny_model().join("images/synthetic-0-224x224.png")).unwrap();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(photo);
+    serde_json::json!({"images": vec![encoded; 48]}).to_string()
+}
+
+/// POSTs `requests` copies of the JSON `body` to `path` at once and, once all are being
+/// answered, sends SIGTERM; answers their answers, the exit status, and how long stopping took.
+pub fn stop_with_requests_in_flight(
+    server: Server,
+    path: &str,
+    body: &str,
+    requests: i64,
+) -> (Vec<Answer>, ExitStatus, Duration) {
+    let url = server.url(path);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..requests)
+            .map(|_| scope.spawn(|| post(&url, Some("application/json"), body.as_bytes(), &[])))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !has_in_flight(&server, requests) {
+            assert!(Instant::now() < deadline, "the requests never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let started = Instant::now();
+        let status = server.terminate();
+        let took = started.elapsed();
+        let answers = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (answers, status, took)
+    })
+}
+
+/// Asserts that `GET /` answers the playground page, which calls no other site.
+pub fn assert_playground_page(server: &Server) {
+    let page = get(&server.url("/"));
+    assert_eq!(
+        (page.status, page.content_type.as_str()),
+        (200, "text/html; charset=utf-8")
+    );
+    assert!(
+        !page.text.contains("http://") && !page.text.contains("https://"),
+        "the page calls another site"
+    );
 }
