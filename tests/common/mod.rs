@@ -582,10 +582,7 @@ pub fn image_runs(engine: &str, service: &str) -> bool {
 
 /// `scripts/container.sh run <service> <args>` on a free port, once the service is ready.
 pub fn run_image(engine: &str, service: &str, args: &[&str]) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut command = Command::new(root().join("scripts/container.sh"));
     command
         .args(["run", service])

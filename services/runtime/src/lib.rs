@@ -28,18 +28,14 @@ pub use server::{app, run, sha256_file, shutdown_signal, ModelCard, ServiceConte
 pub use service::Service;
 pub use worker::{Arrival, JobQueue, ModelWorker};
 
-/// What every binary sets up first in `main`, before any other thread starts: the compute
-/// threads, the allocator, and, as a Lambda function, the Runtime API's paths.
-pub fn prepare_process() {
+/// What every binary does first in `main`: sets the process up before any other thread starts
+/// (the compute threads, the allocator, and, as a Lambda function, the Runtime API's paths),
+/// parses the command line, and starts logging: JSON lines when `is_service` says the command
+/// serves, plain text for the command-line tools.
+pub fn start<C: clap::Parser>(is_service: impl FnOnce(&C) -> bool) -> C {
     pin_compute_threads();
     lambda::prepare_environment();
     keep_large_allocations();
-}
-
-/// Sets the process up ([`prepare_process`]), parses the command line, and starts logging:
-/// JSON lines when `is_service` says the command serves, plain text for the command-line tools.
-pub fn start<C: clap::Parser>(is_service: impl FnOnce(&C) -> bool) -> C {
-    prepare_process();
     let cli = C::parse();
     let mode = if is_service(&cli) {
         telemetry::LogMode::Service
