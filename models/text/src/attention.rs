@@ -17,9 +17,27 @@ use simd::{dispatch, F32x, Kernel, Level};
 pub struct KvCache {
     pub(crate) layers: Vec<LayerCache>,
     pub(crate) len: usize,
+    /// Positions to allocate at once, when known.
+    pub(crate) reserved: usize,
 }
 
 impl KvCache {
+    /// Makes the first allocation hold `positions` positions: a sequence whose length is known
+    /// (a search candidate, an input to embed) then takes exactly its room, where growing by
+    /// doubling from a minimum would take up to twice as much.
+    pub fn reserve(&mut self, positions: usize) {
+        self.reserved = positions;
+    }
+
+    /// Gives the cache its `count` layers, if it has none yet.
+    pub(crate) fn ensure_layers(&mut self, count: usize) {
+        let reserved = self.reserved;
+        self.layers.resize_with(count, || LayerCache {
+            reserved,
+            ..Default::default()
+        });
+    }
+
     /// Tokens already processed.
     pub fn len(&self) -> usize {
         self.len
@@ -38,6 +56,8 @@ pub(crate) struct LayerCache {
     keys: Vec<f32>,
     values: Vec<f32>,
     capacity: usize,
+    /// Positions of the first allocation, when it is enough ([`KvCache::reserve`]).
+    reserved: usize,
 }
 
 /// Positions a layer cache starts with.
@@ -64,7 +84,10 @@ impl LayerCache {
         let new = qkv.len() / (3 * d);
         let total = past + new;
         if total > self.capacity {
-            let capacity = total.next_power_of_two().max(MIN_CACHE_CAPACITY);
+            let capacity = match self.capacity == 0 && total <= self.reserved {
+                true => self.reserved,
+                false => total.next_power_of_two().max(MIN_CACHE_CAPACITY),
+            };
             for buffer in [&mut self.keys, &mut self.values] {
                 let mut grown = vec![0f32; heads.count * capacity * heads.dim];
                 for h in 0..heads.count {
@@ -119,12 +142,13 @@ pub(crate) struct SequenceRows {
 }
 
 /// The attended rows (rows, n_embd) of a step's `qkv` (rows, 3 x n_embd): each sequence's new
-/// rows over its `layers` cache, which takes their keys and values first.
+/// rows over its `layers` cache, which takes their keys and values first; a sequence without
+/// one (read whole in this step, nothing to keep) attends within its own rows.
 pub(crate) fn attend_cached(
     level: Level,
     qkv: &Tensor,
     sequences: &[SequenceRows],
-    layers: &mut [&mut LayerCache],
+    layers: &mut [Option<&mut LayerCache>],
     heads: Heads,
 ) -> candle_core::Result<Tensor> {
     let d = heads.width();
@@ -142,16 +166,18 @@ pub(crate) fn attend_cached(
         };
         let qkv_rows = &data[start..end];
         for (sequence, layer) in sequences.iter().zip(layers.iter_mut()) {
-            layer.write(
-                sequence.past,
-                &qkv_rows[sequence.offset * 3 * d..][..sequence.len * 3 * d],
-                heads,
-            );
+            if let Some(layer) = layer {
+                layer.write(
+                    sequence.past,
+                    &qkv_rows[sequence.offset * 3 * d..][..sequence.len * 3 * d],
+                    heads,
+                );
+            }
         }
         let mut out_rows: Vec<&mut [f32]> = out.chunks_mut(d).collect();
         let mut single = Vec::new();
         for (sequence, layer) in sequences.iter().zip(layers.iter()) {
-            if sequence.len == 1 {
+            if let (1, Some(layer)) = (sequence.len, layer) {
                 let query = &qkv_rows[sequence.offset * 3 * d..][..d];
                 let row = std::mem::take(&mut out_rows[sequence.offset]);
                 single.push((row, query, &**layer, sequence.past + 1));
@@ -165,14 +191,17 @@ pub(crate) fn attend_cached(
         });
     }
     for (sequence, layer) in sequences.iter().zip(layers.iter()) {
-        if sequence.len > 1 {
-            let (keys, values) = layer.tensors(sequence.past + sequence.len, heads)?;
-            let q = split_heads(&qkv.narrow(0, sequence.offset, sequence.len)?, 0, heads)?;
-            let attended = causal(&q, &keys, &values, heads)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            out[sequence.offset * d..][..attended.len()].copy_from_slice(&attended);
-        }
+        let rows = qkv.narrow(0, sequence.offset, sequence.len)?;
+        let attended = match layer {
+            None => attend_alone(&rows, heads)?,
+            Some(_) if sequence.len == 1 => continue,
+            Some(layer) => {
+                let (keys, values) = layer.tensors(sequence.past + sequence.len, heads)?;
+                causal(&split_heads(&rows, 0, heads)?, &keys, &values, heads)?
+            }
+        };
+        let attended = attended.flatten_all()?.to_vec1::<f32>()?;
+        out[sequence.offset * d..][..attended.len()].copy_from_slice(&attended);
     }
     Tensor::from_vec(out, (rows, d), &Device::Cpu)
 }

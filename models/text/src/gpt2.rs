@@ -18,6 +18,7 @@ use simd::Level;
 use crate::activation::Gelu;
 use crate::attention::{attend_alone, attend_cached, Heads, KvCache, SequenceRows};
 use crate::dense::{Dense, TokenTable};
+use crate::reading::{Piece, PieceOutput};
 use crate::TextError;
 
 /// How the dense weights are held in memory. Decoding reads every dense weight once per step,
@@ -264,13 +265,51 @@ impl Gpt2 {
     /// pass of its own; attention runs per sequence against its own cache. Answers the final
     /// hidden states of every new row, sequence after sequence (total rows, n_embd).
     pub fn extend_batch(&self, inputs: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor, TextError> {
-        on_compute_pool(|| self.extend_batch_on_pool(inputs, caches))
+        let mut caches: Vec<Option<&mut KvCache>> =
+            caches.iter_mut().map(|cache| Some(&mut **cache)).collect();
+        on_compute_pool(|| self.extend_batch_on_pool(inputs, &mut caches))
+    }
+
+    /// One batched pass over pieces of many sequences ([`crate::reading`]): each piece's rows
+    /// after what its cache holds, as [`Gpt2::extend_batch`] reads them (a piece without a
+    /// cache is a whole sequence, read as [`Gpt2::forward_batch`] reads it), and the logits of
+    /// the rows each piece asks for, all through the head at once.
+    pub fn read_pieces(&self, pieces: &mut [Piece<'_>]) -> Result<Vec<PieceOutput>, TextError> {
+        if pieces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inputs: Vec<&[u32]> = pieces.iter().map(|piece| piece.tokens).collect();
+        let mut wanted = Vec::new();
+        let mut offset = 0;
+        for piece in pieces.iter() {
+            wanted.extend(piece.logits.clone().map(|row| (offset + row) as u32));
+            offset += piece.tokens.len();
+        }
+        let mut caches: Vec<Option<&mut KvCache>> = pieces
+            .iter_mut()
+            .map(|piece| piece.cache.as_deref_mut())
+            .collect();
+        let hidden = on_compute_pool(|| self.extend_batch_on_pool(&inputs, &mut caches))?;
+        let mut logits = self.logits_of_rows(&hidden, &wanted)?.into_iter();
+        let mut offset = 0;
+        pieces
+            .iter()
+            .map(|piece| {
+                let len = piece.tokens.len();
+                let output = PieceOutput {
+                    hidden: hidden.narrow(0, offset, len)?,
+                    logits: logits.by_ref().take(piece.logits.len()).collect(),
+                };
+                offset += len;
+                Ok(output)
+            })
+            .collect()
     }
 
     fn extend_batch_on_pool(
         &self,
         inputs: &[&[u32]],
-        caches: &mut [&mut KvCache],
+        caches: &mut [Option<&mut KvCache>],
     ) -> Result<Tensor, TextError> {
         if inputs.len() != caches.len() {
             return Err(TextError::Weights(format!(
@@ -282,17 +321,25 @@ impl Gpt2 {
         if inputs.iter().any(|tokens| tokens.is_empty()) {
             return Err(TextError::Tokenizer("an input has no tokens".into()));
         }
-        let starts: Vec<usize> = caches.iter().map(|cache| cache.len).collect();
+        let starts: Vec<usize> = caches
+            .iter()
+            .map(|cache| cache.as_ref().map_or(0, |c| c.len))
+            .collect();
         let spans = self.spans(inputs, &starts)?;
-        for cache in caches.iter_mut() {
-            cache.layers.resize_with(self.config.n_layer, Default::default);
+        for cache in caches.iter_mut().flatten() {
+            cache.ensure_layers(self.config.n_layer);
         }
         let x = self.run_rows(inputs, &spans, |layer, qkv| {
-            let mut layers: Vec<_> = caches.iter_mut().map(|cache| &mut cache.layers[layer]).collect();
+            let mut layers: Vec<_> = caches
+                .iter_mut()
+                .map(|cache| cache.as_mut().map(|cache| &mut cache.layers[layer]))
+                .collect();
             attend_cached(self.level, qkv, &spans, &mut layers, self.heads())
         })?;
         for (cache, span) in caches.iter_mut().zip(&spans) {
-            cache.len = span.past + span.len;
+            if let Some(cache) = cache {
+                cache.len = span.past + span.len;
+            }
         }
         Ok(x)
     }

@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod generate;
 pub mod gpt2;
 mod matvec;
+pub mod reading;
 pub mod retrieval;
 pub mod sampling;
 pub mod tokenizer;
@@ -16,6 +17,7 @@ pub use attention::KvCache;
 pub use embedding::embed;
 pub use generate::{FinishReason, GenerateOptions, Generation, Step, StopMatcher, TokenLogprob};
 pub use gpt2::{Gpt2, Gpt2Config, WeightPrecision};
+pub use reading::{read_alone, Piece, PieceOutput, Reading};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{Gpt2Tokenizer, StreamDecoder, END_OF_TEXT};
 
@@ -30,6 +32,9 @@ pub enum TextError {
     ContextOverflow { tokens: usize, context: usize },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A batched step failed; everything that had rows in it gets this.
+    #[error("a batched model step failed: {0}")]
+    Step(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -16,6 +16,9 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+const ROWS_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
 
 #[derive(Debug, Clone, Default)]
 struct Histogram {
@@ -62,6 +65,9 @@ struct Families {
     /// route -> latency histogram.
     latency: BTreeMap<String, Histogram>,
     batch_size: Histogram,
+    /// kind -> rows of that kind per model step (steps without any not counted).
+    step_rows: BTreeMap<&'static str, Histogram>,
+    step_duration: Histogram,
     counters: BTreeMap<&'static str, u64>,
 }
 
@@ -89,6 +95,19 @@ impl Metrics {
     pub fn observe_batch(&self, size: usize) {
         let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
         f.batch_size.observe(&BATCH_BUCKETS, size as f64);
+    }
+
+    /// Counts one model step of a scheduler: its rows of each kind, and how long it took (what
+    /// an operator reads to see what delays tokens).
+    pub fn observe_step(&self, rows: &[(&'static str, usize)], took: Duration) {
+        let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        for &(kind, count) in rows.iter().filter(|(_, count)| *count > 0) {
+            f.step_rows
+                .entry(kind)
+                .or_default()
+                .observe(&ROWS_BUCKETS, count as f64);
+        }
+        f.step_duration.observe(&LATENCY_BUCKETS, took.as_secs_f64());
     }
 
     /// Adds to a named counter (`<service>_<name>_total` in the output).
@@ -147,6 +166,22 @@ impl Metrics {
         if f.batch_size.count > 0 {
             f.batch_size
                 .render(&mut out, "model_batch_size", "", &BATCH_BUCKETS);
+        }
+        if f.step_duration.count > 0 {
+            out.push_str("# HELP model_step_rows Rows per model step, by kind (steps with none of a kind not counted).\n");
+            out.push_str("# TYPE model_step_rows histogram\n");
+            for (kind, histogram) in &f.step_rows {
+                histogram.render(
+                    &mut out,
+                    "model_step_rows",
+                    &format!("kind=\"{kind}\""),
+                    &ROWS_BUCKETS,
+                );
+            }
+            out.push_str("# HELP model_step_duration_seconds Time of each model step.\n");
+            out.push_str("# TYPE model_step_duration_seconds histogram\n");
+            f.step_duration
+                .render(&mut out, "model_step_duration_seconds", "", &LATENCY_BUCKETS);
         }
         for (name, value) in &f.counters {
             let _ = writeln!(

@@ -9,7 +9,7 @@ pub fn api_error(error: TextError) -> ApiError {
     match error {
         TextError::ContextOverflow { .. } => ApiError::invalid("context_length_exceeded", error.to_string()),
         TextError::Tokenizer(_) => ApiError::invalid("invalid_value", error.to_string()),
-        TextError::Weights(_) | TextError::Config(_) | TextError::Candle(_) => {
+        TextError::Weights(_) | TextError::Config(_) | TextError::Candle(_) | TextError::Step(_) => {
             ApiError::internal(format!("model failure: {error}"))
         }
     }

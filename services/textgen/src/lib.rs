@@ -7,5 +7,6 @@ pub mod error;
 pub mod model;
 pub mod rerank;
 pub mod routes;
+pub mod scheduler;
 pub mod search;
 pub mod tokenize;

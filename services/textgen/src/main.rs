@@ -15,6 +15,7 @@ use text::{GenerateOptions, Generation, SamplingParams};
 
 use textgen::model::{self, ModelArgs};
 use textgen::routes::{self, ApiLimits};
+use textgen::scheduler;
 use textgen::search::{self, RerankArgs, SearchRequest};
 
 #[derive(Debug, Parser)]
@@ -212,10 +213,10 @@ impl runtime::Service for Textgen<'_> {
             model::pack_weights_in_background(model.clone())
                 .map_err(|e| format!("cannot start the weight-packing thread: {e}"))?;
         }
-        let worker = model::spawn_worker(
+        let worker = scheduler::spawn_worker(
             model.clone(),
             serve.max_concurrency,
-            self.limits.max_batch,
+            self.limits.step_limits(),
             metrics,
         )
         .map_err(|e| format!("cannot start the model thread: {e}"))?;
@@ -315,8 +316,8 @@ fn search(
             return ExitCode::from(runtime::EXIT_CONFIG);
         }
     };
-    let hits = match model::run_search(&model, &search, rerank.passage_tokens, || false) {
-        Ok(hits) => hits.unwrap_or_default(),
+    let hits = match model::run_search(&model, &search, rerank.passage_tokens) {
+        Ok(hits) => hits,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;

@@ -17,6 +17,7 @@ use runtime::openapi::ErrorBody;
 use runtime::{ApiError, ModelWorker};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use text::embedding::Embeddings;
 use text::retrieval::{Corpus, SearchHit};
 use text::{GenerateOptions, TokenLogprob};
 use tokio::sync::{mpsc, oneshot};
@@ -24,8 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::completions::{Completion, CompletionRequest};
 use crate::embeddings::{EmbeddingsAnswer, EmbeddingsRequest};
 use crate::error::api_error;
-use crate::model::{ChoiceJob, Event, Job, TextModel};
+use crate::model::{prepare_search, TextModel};
 use crate::rerank::{CohereRerankAnswer, CohereRerankRequest, TeiRank, TeiRerankRequest};
+use crate::scheduler::{ChoiceJob, Event, Job, StepLimits};
 use crate::search::{RerankArgs, Search, SearchAnswer, SearchRequest};
 use crate::tokenize::{DetokenizeAnswer, DetokenizeRequest, TokenizeAnswer, TokenizeRequest};
 
@@ -54,6 +56,22 @@ pub struct ApiLimits {
     /// queue.
     #[arg(long, env = "MAX_BATCH", default_value_t = 16)]
     pub max_batch: usize,
+
+    /// Tokens of prompts, search candidates and embedding inputs one step reads while
+    /// generations are running, shared between those requests: what bounds how long a running
+    /// stream waits for its next token (more: the others finish sooner, streams slow more).
+    #[arg(long, env = "STEP_TOKENS", default_value_t = 192)]
+    pub step_tokens: usize,
+}
+
+impl ApiLimits {
+    /// What bounds one step of the model thread.
+    pub fn step_limits(&self) -> StepLimits {
+        StepLimits {
+            max_batch: self.max_batch,
+            step_tokens: self.step_tokens,
+        }
+    }
 }
 
 /// Completions, search and embeddings under `/v1` and `/v1/engines/{engine}` (the engine is
@@ -173,15 +191,21 @@ async fn run_search(state: &AppState, request: SearchRequest) -> Result<(Search,
         state.limits.max_search_documents,
         &state.rerank,
     )?;
+    // The lexical stage and the passages' tokenizing run here, off the model thread, which
+    // then has only the model's work to fit between the generations' steps.
+    let model = state.model.clone();
+    let passage_tokens = state.rerank.passage_tokens;
+    let prepared = search.clone();
+    let pending = tokio::task::spawn_blocking(move || prepare_search(&model, &prepared, passage_tokens))
+        .await
+        .map_err(|_| ApiError::internal("preparing the search panicked"))?
+        .map_err(api_error)?;
     let (sender, receiver) = oneshot::channel();
     state.worker.submit(Job::Search {
-        search: search.clone(),
-        passage_tokens: state.rerank.passage_tokens,
+        search: pending,
         reply: sender,
     })?;
-    let hits = reply(receiver)
-        .await?
-        .ok_or_else(|| ApiError::internal("the search stopped before finishing"))?;
+    let hits = reply(receiver).await?;
     Ok((search, hits))
 }
 
@@ -207,7 +231,7 @@ async fn embeddings(
     )?;
     let (sender, receiver) = oneshot::channel();
     state.worker.submit(Job::Embed {
-        inputs: embeddings.inputs.clone(),
+        embeddings: Embeddings::new(embeddings.inputs.clone()).map_err(api_error)?,
         reply: sender,
     })?;
     let vectors = reply(receiver).await?;

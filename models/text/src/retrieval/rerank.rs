@@ -10,14 +10,14 @@
 //! The first term alone would favour queries that are likely anywhere; subtracting the query's
 //! prior leaves the evidence the passage adds. The passage is the window of the document
 //! (at most `passage_tokens` GPT-2 tokens) that holds the most query terms, which bounds the
-//! cost of a candidate to `passage_tokens + |q| + 2` tokens of forward pass; candidates run in
-//! batches, so that the matrix products are large.
+//! cost of a candidate to `passage_tokens + |q| + 2` tokens of forward pass. The candidates
+//! are read as pieces ([`crate::reading`]): alone, in passes large enough for the matrix
+//! products to run at full speed; beside generations, a bounded number of rows per step.
 
 use std::collections::HashSet;
 
-use candle_core::Tensor;
-
 use crate::gpt2::Gpt2;
+use crate::reading::{read_alone, Piece, PieceOutput, Reading, Sequences};
 use crate::sampling::log_sum_exp;
 use crate::tokenizer::{Gpt2Tokenizer, END_OF_TEXT};
 use crate::TextError;
@@ -27,16 +27,10 @@ use super::lexical::{words, Analyzer};
 /// GPT-2 tokens per word of English text, roughly: turns a token budget into a word window.
 const TOKENS_PER_WORD: f32 = 1.4;
 
-/// Tokens per forward pass when scoring candidates: enough rows for the matrix products to run
-/// at full speed, few enough to keep activations small and to notice a stop request often.
-pub const BATCH_TOKENS: usize = 2048;
-
-/// A query prepared once per search: its tokens, its prior, and its index terms.
+/// A query prepared once per search: its tokens and its index terms.
 #[derive(Debug, Clone)]
 pub struct RerankQuery {
     tokens: Vec<u32>,
-    /// `log P(q | <|endoftext|>)`.
-    prior: f32,
     terms: HashSet<String>,
 }
 
@@ -69,8 +63,13 @@ impl<'a> Reranker<'a> {
         })
     }
 
-    /// Tokenizes the query and computes its prior; fails when the query alone leaves no room
-    /// for a passage in the context.
+    /// The model it scores with.
+    pub fn model(&self) -> &'a Gpt2 {
+        self.model
+    }
+
+    /// Tokenizes the query and finds its index terms; fails when the query alone leaves no
+    /// room for a passage in the context.
     pub fn prepare(&self, query: &str) -> Result<RerankQuery, TextError> {
         let tokens = self.tokenizer.encode(query.trim())?;
         let context = self.model.config().n_positions;
@@ -81,10 +80,9 @@ impl<'a> Reranker<'a> {
                 context,
             });
         }
-        let prior = self.continuation_logprobs(&[&[self.end_of_text]], &tokens)?[0];
         let mut analyzer = Analyzer::default();
         let terms = analyzer.terms(query).into_iter().map(|(_, term)| term).collect();
-        Ok(RerankQuery { tokens, prior, terms })
+        Ok(RerankQuery { tokens, terms })
     }
 
     /// The model score of one document for a prepared query.
@@ -93,75 +91,101 @@ impl<'a> Reranker<'a> {
         Ok(scores.and_then(|s| s.first().copied()).unwrap_or(0.0))
     }
 
-    /// The model scores of `documents`, in order, computed in batches of about
-    /// [`BATCH_TOKENS`] tokens; `stop` is asked before each batch, and `Ok(None)` answers a
-    /// stop.
+    /// The model scores of `documents`, in order, read alone ([`read_alone`]); `stop` is asked
+    /// before each pass, and `Ok(None)` answers a stop.
     pub fn score_all(
         &self,
         query: &RerankQuery,
         documents: &[&str],
         stop: impl Fn() -> bool,
     ) -> Result<Option<Vec<f32>>, TextError> {
+        let mut scoring = self.scoring(query, documents)?;
+        Ok(read_alone(self.model, &mut scoring, stop)?.then(|| scoring.scores()))
+    }
+
+    /// The scoring of `documents` for `query`, to be read ([`Reading`]): the passages are
+    /// chosen and tokenized here, so that what is left is the model's work alone.
+    pub fn scoring(&self, query: &RerankQuery, documents: &[&str]) -> Result<Scoring, TextError> {
         if query.tokens.is_empty() {
-            return Ok(Some(vec![0.0; documents.len()]));
+            return Ok(Scoring {
+                sequences: Sequences::new(Vec::new()),
+                predicting: Vec::new(),
+                logprobs: Vec::new(),
+                documents: documents.len(),
+            });
         }
         let budget = self
             .passage_tokens
             .min(self.model.config().n_positions - 1 - self.separator.len() - query.tokens.len());
-        let mut scores = Vec::with_capacity(documents.len());
-        let mut batch: Vec<Vec<u32>> = Vec::new();
-        let mut batch_tokens = 0;
-        for (i, document) in documents.iter().enumerate() {
+        // The first context is `<|endoftext|>` alone: the query's prior.
+        let mut contexts = vec![vec![self.end_of_text]];
+        for document in documents {
             let passage_tokens = self.tokenizer.encode(passage(document, &query.terms, budget))?;
             let mut context = vec![self.end_of_text];
             context.extend(passage_tokens.iter().take(budget));
             context.extend(&self.separator);
-            batch_tokens += context.len() + query.tokens.len();
-            batch.push(context);
-            if batch_tokens >= BATCH_TOKENS || i + 1 == documents.len() {
-                if stop() {
-                    return Ok(None);
-                }
-                let contexts: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-                let logprobs = self.continuation_logprobs(&contexts, &query.tokens)?;
-                scores.extend(logprobs.into_iter().map(|l| l - query.prior));
-                batch.clear();
-                batch_tokens = 0;
-            }
+            contexts.push(context);
         }
-        Ok(Some(scores))
+        // The row at a position predicts the next token: the query's come after the context's
+        // last row up to the one before the sequence's end.
+        let predicting = contexts
+            .iter()
+            .map(|context| context.len() - 1..context.len() - 1 + query.tokens.len())
+            .collect();
+        let sequences = contexts
+            .into_iter()
+            .map(|context| [context, query.tokens.clone()].concat())
+            .collect();
+        Ok(Scoring {
+            logprobs: vec![0.0; documents.len() + 1],
+            sequences: Sequences::new(sequences),
+            predicting,
+            documents: documents.len(),
+        })
+    }
+}
+
+/// A search's model stage being read: `<|endoftext|> passage "\n\n" query` per candidate,
+/// after `<|endoftext|> query` for the prior, each scored on the query's tokens.
+#[derive(Debug)]
+pub struct Scoring {
+    sequences: Sequences,
+    /// The positions of each sequence whose rows predict the query's tokens.
+    predicting: Vec<std::ops::Range<usize>>,
+    /// `log P(query | context)` of each sequence so far.
+    logprobs: Vec<f32>,
+    documents: usize,
+}
+
+impl Scoring {
+    /// The model score of each document, in order, once every row is read.
+    pub fn scores(&self) -> Vec<f32> {
+        match self.logprobs.split_first() {
+            Some((prior, logprobs)) => logprobs.iter().map(|l| l - prior).collect(),
+            None => vec![0.0; self.documents],
+        }
+    }
+}
+
+impl Reading for Scoring {
+    fn unread(&self) -> usize {
+        self.sequences.unread()
     }
 
-    /// `log P(continuation | context)` for each context, summed over the continuation's
-    /// tokens, all contexts in one batch.
-    fn continuation_logprobs(
-        &self,
-        contexts: &[&[u32]],
-        continuation: &[u32],
-    ) -> Result<Vec<f32>, TextError> {
-        if continuation.is_empty() {
-            return Ok(vec![0.0; contexts.len()]);
+    fn claim<'s>(&'s mut self, rows: usize, pieces: &mut Vec<Piece<'s>>) {
+        let predicting = &self.predicting;
+        self.sequences.claim(rows, |i| predicting[i].clone(), pieces);
+    }
+
+    fn absorb(&mut self, outputs: Vec<PieceOutput>) -> Result<(), TextError> {
+        for ((i, positions, _), output) in self.sequences.absorbed().into_iter().zip(outputs) {
+            let first = positions.start.max(self.predicting[i].start);
+            let tokens = self.sequences.tokens(i);
+            for (row, &token) in output.logits.iter().zip(&tokens[first + 1..]) {
+                self.logprobs[i] += (f64::from(row[token as usize]) - log_sum_exp(row)) as f32;
+            }
         }
-        let sequences: Vec<Vec<u32>> = contexts.iter().map(|c| [c, continuation].concat()).collect();
-        let sequences: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
-        let hidden = self.model.forward_batch(&sequences)?;
-        // The rows that predict the continuation's tokens, of every sequence, through the head
-        // at once.
-        let predicting = hidden
-            .iter()
-            .zip(contexts)
-            .map(|(h, context)| h.narrow(0, context.len() - 1, continuation.len()))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let logits: Vec<Vec<f32>> = self.model.logits(&Tensor::cat(&predicting, 0)?)?.to_vec2()?;
-        Ok(logits
-            .chunks(continuation.len())
-            .map(|rows| {
-                rows.iter()
-                    .zip(continuation)
-                    .map(|(row, &token)| (f64::from(row[token as usize]) - log_sum_exp(row)) as f32)
-                    .sum()
-            })
-            .collect())
+        Ok(())
     }
 }
 
