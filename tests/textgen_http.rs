@@ -437,6 +437,23 @@ fn search_over_a_loaded_corpus_and_over_request_documents() {
     assert_eq!(data[0]["document"]["metadata"], Value::Null);
     assert_eq!(data[0]["text"], documents[2]);
     assert_eq!(data[0]["metadata"], Value::Null);
+
+    // The model steps the searches took are counted by kind, with their time.
+    let metrics = get(&server.url("/metrics")).text;
+    for family in [
+        "model_step_rows_count{kind=\"search\"}",
+        "model_step_duration_seconds_count",
+    ] {
+        let line = metrics.lines().find(|l| l.starts_with(family));
+        let count: f64 = line
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {family}:\n{metrics}"));
+        assert!(count >= 2.0, "{family}: {count}");
+    }
+    assert!(
+        !metrics.contains("kind=\"generate\""),
+        "no generation ran:\n{metrics}"
+    );
 }
 
 #[test]
