@@ -16,7 +16,7 @@ use simd::gemm::Activation;
 use simd::Level;
 
 use crate::activation::Gelu;
-use crate::attention::{attend_alone, attend_cached, Heads, KvCache, SequenceRows};
+use crate::attention::{attend_cached, Heads, KvCache, SequenceRows};
 use crate::dense::{Dense, TokenTable};
 use crate::reading::{Piece, PieceOutput};
 use crate::TextError;
@@ -236,25 +236,25 @@ impl Gpt2 {
     }
 
     /// Runs independent sequences as one batch and answers each one's final hidden states
-    /// (len, n_embd), as [`Gpt2::forward`] would from an empty cache. The dense layers see
-    /// every sequence's rows at once, which keeps the matrix products large enough to run at
-    /// full speed; attention stays within each sequence.
+    /// (len, n_embd; none for an empty sequence), as [`Gpt2::forward`] would from an empty
+    /// cache. The dense layers see every sequence's rows at once, which keeps the matrix
+    /// products large enough to run at full speed; attention stays within each sequence, which
+    /// keeps no cache.
     pub fn forward_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Tensor>, TextError> {
-        on_compute_pool(|| {
-            let spans = self.spans(sequences, &vec![0; sequences.len()])?;
-            let x = self.run_rows(sequences, &spans, |_, qkv| {
-                let attended = spans
-                    .iter()
-                    .filter(|span| span.len > 0)
-                    .map(|span| attend_alone(&qkv.narrow(0, span.offset, span.len)?, self.heads()))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::cat(&attended, 0)
-            })?;
-            Ok(spans
-                .iter()
-                .map(|span| x.narrow(0, span.offset, span.len))
-                .collect::<candle_core::Result<_>>()?)
-        })
+        let read: Vec<&[u32]> = sequences.iter().copied().filter(|t| !t.is_empty()).collect();
+        let mut caches: Vec<Option<&mut KvCache>> = read.iter().map(|_| None).collect();
+        let x = match read.is_empty() {
+            true => Tensor::zeros((0, self.config.n_embd), DType::F32, &candle_core::Device::Cpu)?,
+            false => on_compute_pool(|| self.extend_batch_on_pool(&read, &mut caches))?,
+        };
+        let mut offset = 0;
+        Ok(sequences
+            .iter()
+            .map(|tokens| {
+                offset += tokens.len();
+                x.narrow(0, offset - tokens.len(), tokens.len())
+            })
+            .collect::<candle_core::Result<_>>()?)
     }
 
     /// One step of several generations at once: `inputs[i]` (at least one token) follows what

@@ -67,8 +67,7 @@ pub fn read_alone(model: &Gpt2, work: &mut impl Reading, stop: impl Fn() -> bool
 
 /// Token sequences read in order, each in as many pieces as the rows offered make of it, with
 /// a cache of its own from its first piece to its last (then freed; a sequence read in one
-/// piece needs none). The bookkeeping that
-/// [`Reading`]'s implementations share.
+/// piece needs none). The bookkeeping that [`Reading`]'s implementations share.
 #[derive(Debug, Default)]
 pub(crate) struct Sequences {
     tokens: Vec<Vec<u32>>,
@@ -128,14 +127,16 @@ impl Sequences {
         let caches = self.caches[first..].iter_mut();
         for ((i, positions), cache) in self.claimed.iter().zip(caches) {
             let tokens = &self.tokens[*i];
-            let whole = positions.len() == tokens.len();
-            if cache.is_empty() {
-                cache.reserve(tokens.len());
-            }
+            let cache = (positions.len() < tokens.len()).then(|| {
+                if cache.is_empty() {
+                    cache.reserve(tokens.len());
+                }
+                cache
+            });
             let logits = intersect(&wanted(*i), positions);
             pieces.push(Piece {
                 tokens: &tokens[positions.clone()],
-                cache: (!whole).then_some(cache),
+                cache,
                 logits: logits.start - positions.start..logits.end - positions.start,
             });
         }

@@ -27,7 +27,7 @@ use crate::embeddings::{EmbeddingsAnswer, EmbeddingsRequest};
 use crate::error::api_error;
 use crate::model::{prepare_search, TextModel};
 use crate::rerank::{CohereRerankAnswer, CohereRerankRequest, TeiRank, TeiRerankRequest};
-use crate::scheduler::{ChoiceJob, Event, Job, StepLimits};
+use crate::scheduler::{ChoiceJob, Event, Job, StepLimits, Task};
 use crate::search::{RerankArgs, Search, SearchAnswer, SearchRequest};
 use crate::tokenize::{DetokenizeAnswer, DetokenizeRequest, TokenizeAnswer, TokenizeRequest};
 
@@ -201,10 +201,10 @@ async fn run_search(state: &AppState, request: SearchRequest) -> Result<(Search,
         .map_err(|_| ApiError::internal("preparing the search panicked"))?
         .map_err(api_error)?;
     let (sender, receiver) = oneshot::channel();
-    state.worker.submit(Job::Search {
+    state.worker.submit(Job::Read(Task::Search {
         search: pending,
         reply: sender,
-    })?;
+    }))?;
     let hits = reply(receiver).await?;
     Ok((search, hits))
 }
@@ -230,10 +230,10 @@ async fn embeddings(
         state.limits.max_embedding_inputs,
     )?;
     let (sender, receiver) = oneshot::channel();
-    state.worker.submit(Job::Embed {
+    state.worker.submit(Job::Read(Task::Embed {
         embeddings: Embeddings::new(embeddings.inputs.clone()).map_err(api_error)?,
         reply: sender,
-    })?;
+    }))?;
     let vectors = reply(receiver).await?;
     Ok(Json(embeddings.answer(&state.model_id, &vectors)))
 }

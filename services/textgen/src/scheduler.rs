@@ -76,16 +76,8 @@ pub enum Job {
         choices: Vec<ChoiceJob>,
         events: mpsc::UnboundedSender<Event>,
     },
-    /// A search whose lexical stage has run ([`crate::model::prepare_search`]).
-    Search {
-        search: PendingSearch,
-        reply: Reply<Vec<SearchHit>>,
-    },
-    /// One embedding per input, in order.
-    Embed {
-        embeddings: Embeddings,
-        reply: Reply<Vec<Vec<f32>>>,
-    },
+    /// A search or an embeddings request, read in pieces beside the generations.
+    Read(Task),
 }
 
 /// How much one step may take.
@@ -141,12 +133,14 @@ struct Running<'m> {
     completion_tokens: usize,
 }
 
-/// A search or an embeddings request being read.
-enum Task {
+/// Work read in pieces beside the generations, with where its answer goes.
+pub enum Task {
+    /// A search whose lexical stage has run ([`crate::model::prepare_search`]).
     Search {
         search: PendingSearch,
         reply: Reply<Vec<SearchHit>>,
     },
+    /// One embedding per input, in order.
     Embed {
         embeddings: Embeddings,
         reply: Reply<Vec<Vec<f32>>>,
@@ -304,17 +298,10 @@ impl<'m> Scheduler<'m> {
                     }
                 }
             }
-            Job::Search { search, reply } => self.start(Task::Search { search, reply }),
-            Job::Embed { embeddings, reply } => self.start(Task::Embed { embeddings, reply }),
-        }
-    }
-
-    /// Queues a task for the next steps; one with nothing for the model (a search that ranks
-    /// by BM25 alone) is answered at once.
-    fn start(&mut self, task: Task) {
-        match task.unread() {
-            0 => task.finish(),
-            _ => self.tasks.push(task),
+            // One with nothing for the model (a search that ranks by BM25 alone) is answered
+            // at once.
+            Job::Read(task) if task.unread() == 0 => task.finish(),
+            Job::Read(task) => self.tasks.push(task),
         }
     }
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use runtime::Metrics;
 use text::embedding::Embeddings;
-use text::retrieval::SearchOptions;
+use text::retrieval::{SearchHit, SearchOptions};
 use text::{embed, GenerateOptions, Generation, Gpt2, Gpt2Tokenizer, SamplingParams, WeightPrecision};
 use textgen::model::{prepare_search, run_search, TextModel};
-use textgen::scheduler::{ChoiceJob, Event, Job, Scheduler, StepLimits, StepRows};
+use textgen::scheduler::{ChoiceJob, Event, Job, Scheduler, StepLimits, StepRows, Task};
 use textgen::search::{Documents, Search};
 use tokio::sync::{mpsc, oneshot};
 
@@ -123,6 +123,32 @@ impl Stream {
     }
 }
 
+fn scheduler(model: &TextModel) -> Scheduler<'_> {
+    let limits = StepLimits {
+        max_batch: 4,
+        step_tokens: STEP_TOKENS,
+    };
+    Scheduler::new(model, limits, Arc::new(Metrics::default()))
+}
+
+/// Hands the scheduler the test's search; answers where its hits come.
+fn admit_search(scheduler: &mut Scheduler<'_>, model: &TextModel) -> Answer<Vec<SearchHit>> {
+    let (reply, answer) = oneshot::channel();
+    let search = prepare_search(model, &search(), PASSAGE_TOKENS).unwrap();
+    scheduler.admit(Job::Read(Task::Search { search, reply }));
+    answer
+}
+
+/// Hands the scheduler the test's inputs to embed; answers where the vectors come.
+fn admit_embeddings(scheduler: &mut Scheduler<'_>, model: &TextModel) -> Answer<Vec<Vec<f32>>> {
+    let (reply, answer) = oneshot::channel();
+    let embeddings = Embeddings::new(inputs(model)).unwrap();
+    scheduler.admit(Job::Read(Task::Embed { embeddings, reply }));
+    answer
+}
+
+type Answer<T> = oneshot::Receiver<Result<T, text::TextError>>;
+
 fn start_stream(
     scheduler: &mut Scheduler<'_>,
     prompt: &[u32],
@@ -148,11 +174,7 @@ fn lone_text(model: &TextModel, prompt: &[u32], max_tokens: usize) -> String {
 #[test]
 fn every_running_generation_gets_a_token_in_every_step_while_a_search_and_embeddings_are_read() {
     let model = model();
-    let limits = StepLimits {
-        max_batch: 4,
-        step_tokens: STEP_TOKENS,
-    };
-    let mut scheduler = Scheduler::new(&model, limits, Arc::new(Metrics::default()));
+    let mut scheduler = scheduler(&model);
     let prompts: Vec<Vec<u32>> = ["The fire", "Residents said"]
         .iter()
         .map(|p| model.tokenizer.encode(p).unwrap())
@@ -170,16 +192,8 @@ fn every_running_generation_gets_a_token_in_every_step_while_a_search_and_embedd
         assert_eq!(stream.drain(receiver), 1);
     }
 
-    let (search_reply, mut search_answer) = oneshot::channel();
-    scheduler.admit(Job::Search {
-        search: prepare_search(&model, &search(), PASSAGE_TOKENS).unwrap(),
-        reply: search_reply,
-    });
-    let (embed_reply, mut embed_answer) = oneshot::channel();
-    scheduler.admit(Job::Embed {
-        embeddings: Embeddings::new(inputs(&model)).unwrap(),
-        reply: embed_reply,
-    });
+    let mut search_answer = admit_search(&mut scheduler, &model);
+    let mut embed_answer = admit_embeddings(&mut scheduler, &model);
 
     let (mut hits, mut vectors) = (None, None);
     let mut steps = 0;
@@ -214,7 +228,7 @@ fn every_running_generation_gets_a_token_in_every_step_while_a_search_and_embedd
 
     let alone = run_search(&model, &search(), PASSAGE_TOKENS).unwrap();
     let hits = hits.unwrap();
-    let order = |hits: &[text::retrieval::SearchHit]| hits.iter().map(|h| h.document).collect::<Vec<_>>();
+    let order = |hits: &[SearchHit]| hits.iter().map(|h| h.document).collect::<Vec<_>>();
     assert_eq!(order(&hits), order(&alone));
     for (got, want) in hits.iter().zip(&alone) {
         assert!((got.score - want.score).abs() < 1e-4, "{got:?} vs {want:?}");
@@ -244,16 +258,8 @@ fn every_running_generation_gets_a_token_in_every_step_while_a_search_and_embedd
 #[test]
 fn alone_a_search_reads_full_passes_and_a_prompt_beside_it_gets_its_share() {
     let model = model();
-    let limits = StepLimits {
-        max_batch: 4,
-        step_tokens: STEP_TOKENS,
-    };
-    let mut scheduler = Scheduler::new(&model, limits, Arc::new(Metrics::default()));
-    let (reply, mut answer) = oneshot::channel();
-    scheduler.admit(Job::Search {
-        search: prepare_search(&model, &search(), PASSAGE_TOKENS).unwrap(),
-        reply,
-    });
+    let mut scheduler = scheduler(&model);
+    let mut answer = admit_search(&mut scheduler, &model);
     // With nothing generating, all of it fits one pass.
     let rows = scheduler.step();
     assert!(rows.search > 24 * 10 && rows.generate == 0, "{rows:?}");
@@ -261,11 +267,7 @@ fn alone_a_search_reads_full_passes_and_a_prompt_beside_it_gets_its_share() {
 
     // A prompt and a search starting together share the pass; the prompt is short, so it
     // takes what it needs and the search the rest.
-    let (reply, _answer) = oneshot::channel();
-    scheduler.admit(Job::Search {
-        search: prepare_search(&model, &search(), PASSAGE_TOKENS).unwrap(),
-        reply,
-    });
+    let _answer = admit_search(&mut scheduler, &model);
     let prompt = model.tokenizer.encode("The fire crews").unwrap();
     let _events = start_stream(&mut scheduler, &prompt, 50);
     let rows = scheduler.step();
@@ -276,25 +278,12 @@ fn alone_a_search_reads_full_passes_and_a_prompt_beside_it_gets_its_share() {
 #[test]
 fn a_client_gone_frees_its_rows_at_the_next_step() {
     let model = model();
-    let limits = StepLimits {
-        max_batch: 4,
-        step_tokens: STEP_TOKENS,
-    };
-    let metrics = Arc::new(Metrics::default());
-    let mut scheduler = Scheduler::new(&model, limits, metrics.clone());
+    let mut scheduler = scheduler(&model);
     let prompt = model.tokenizer.encode("The fire").unwrap();
     let mut events = start_stream(&mut scheduler, &prompt, 400);
     scheduler.step();
-    let (search_reply, search_answer) = oneshot::channel();
-    scheduler.admit(Job::Search {
-        search: prepare_search(&model, &search(), PASSAGE_TOKENS).unwrap(),
-        reply: search_reply,
-    });
-    let (embed_reply, embed_answer) = oneshot::channel();
-    scheduler.admit(Job::Embed {
-        embeddings: Embeddings::new(inputs(&model)).unwrap(),
-        reply: embed_reply,
-    });
+    let search_answer = admit_search(&mut scheduler, &model);
+    let embed_answer = admit_embeddings(&mut scheduler, &model);
     let rows = scheduler.step();
     assert!(rows.search > 0 && rows.embed > 0, "{rows:?}");
 
