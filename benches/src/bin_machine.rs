@@ -30,7 +30,10 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("threads  8-wide multiply-adds  read, 1 stream per thread  read, 4 streams per thread");
+    println!(
+        "threads  f32 multiply-adds ({})  read, 1 stream per thread  read, 4 streams per thread",
+        simd::level()
+    );
     for (threads, r) in [(1, one), (all, every)] {
         println!(
             "{threads:>7}  {:>14.2} G/s  {:>20.1} GB/s  {:>21.1} GB/s",

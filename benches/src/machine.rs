@@ -7,28 +7,19 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-/// Eight-wide multiply-adds per second (in billions) that `threads` OS threads reach together,
-/// each on its own independent chains in registers (no memory traffic).
+/// f32 multiply-adds per second (in billions) that `threads` OS threads reach together at the
+/// kernels' level of vector instructions ([`simd::level`]), each thread on its own independent
+/// chains of vectors in registers (no memory traffic).
 pub fn multiply_add_rate(threads: usize) -> f64 {
     const ROUNDS: usize = 20_000_000;
-    /// Independent accumulators per thread: enough to cover the multiply-add latency.
-    const CHAINS: usize = 12;
-    let run = || {
-        let mut acc = [[1f32; 8]; CHAINS];
-        for _ in 0..ROUNDS {
-            for lanes in acc.iter_mut() {
-                for lane in lanes.iter_mut() {
-                    *lane = lane.mul_add(0.999_999, 1e-7);
-                }
-            }
-        }
-        acc.iter().flatten().sum::<f32>()
-    };
+    let level = simd::level();
     let best = (0..3)
         .map(|_| {
             let start = Instant::now();
             std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..threads).map(|_| scope.spawn(run)).collect();
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| scope.spawn(move || simd::dispatch(level, Chains { rounds: ROUNDS })))
+                    .collect();
                 for handle in handles {
                     std::hint::black_box(handle.join().unwrap_or_default());
                 }
@@ -36,7 +27,35 @@ pub fn multiply_add_rate(threads: usize) -> f64 {
             start.elapsed().as_secs_f64()
         })
         .fold(f64::MAX, f64::min);
-    (threads * ROUNDS * CHAINS) as f64 / best / 1e9
+    (threads * ROUNDS * CHAINS * level.lanes()) as f64 / best / 1e9
+}
+
+/// Independent accumulators per thread: enough to cover the multiply-add latency.
+const CHAINS: usize = 12;
+
+/// `rounds` multiply-adds on each of [`CHAINS`] vectors, written as a [`simd::Kernel`] so that
+/// they compile to the level's instructions (outside one, `f32::mul_add` is a call to libm).
+struct Chains {
+    rounds: usize,
+}
+
+impl simd::Kernel for Chains {
+    type Output = f32;
+
+    #[inline(always)]
+    unsafe fn run<V: simd::F32x>(self) -> f32 {
+        // SAFETY: the level's instructions (the trait's contract); no memory is touched.
+        unsafe {
+            let (scale, step) = (V::splat(0.999_999), V::splat(1e-7));
+            let mut acc = [V::splat(1.0); CHAINS];
+            for _ in 0..self.rounds {
+                for lanes in acc.iter_mut() {
+                    *lanes = lanes.mul_add(scale, step);
+                }
+            }
+            acc.iter().map(|v| v.sum()).sum()
+        }
+    }
 }
 
 /// Bytes per second that the current rayon pool reads from a 1 GiB buffer, best of five sums,
