@@ -46,6 +46,7 @@ pub fn softmax(values: &[f32]) -> Vec<f32> {
 /// a micro-tile's sums in memory, storing every one at every step (at AVX2 the stores, not the
 /// multiply-adds, then set the tile's pace). To the program a prefetch reads nothing.
 #[inline(always)]
+#[allow(clippy::pointers_in_nomem_asm_block)] // the pointer is only a hint: nothing is read
 pub fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch reads nothing architecturally and faults on no address; SSE is part
