@@ -196,56 +196,104 @@ impl CustomOp3 for DepthwiseConv {
     }
 }
 
-/// Unfolds NHWC patches into rows so that a dense convolution becomes one matrix product:
-/// `x` (N, H, W, C) becomes (N * OH * OW, K * K * C), taps ordered (ky, kx, c); padding is zeros.
-pub struct Im2Col {
-    pub geometry: ConvGeometry,
+/// Output rows of an image per chunk of a dense convolution: the chunk's patches (a stem's
+/// four rows of 112 pixels: 48 KiB) stay in the core's cache between being unfolded and being
+/// multiplied, and a lone image still gives each thread several chunks to balance.
+const PATCH_CHUNK_ROWS: usize = 4;
+
+/// A dense KxK convolution of `x` (N, H, W, C) as matrix products: each chunk of output rows
+/// unfolds its patches (K * K * C values per output pixel, taps ordered (ky, kx, c), zeros in
+/// the padding) and multiplies them by the packed weights before the next chunk starts.
+/// Unfolding the whole image first wrote and read back a buffer nine times the image's size.
+struct DenseConv<'a> {
+    weights: &'a Weights,
+    geometry: ConvGeometry,
+    activation: Activation,
 }
 
-impl CustomOp1 for Im2Col {
+impl CustomOp1 for DenseConv<'_> {
     fn name(&self) -> &'static str {
-        "im2col-nhwc"
+        "dense-conv-nhwc"
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let plan = self.geometry.plan(xl.dims())?;
-        let x = contiguous_f32(xs, xl, "im2col input")?;
-        let (k, c) = (self.geometry.kernel, plan.channels);
-        let patch = k * k * c;
-        let rows = plan.batch * plan.out_height * plan.out_width;
-        let (height, width, s) = (plan.height, plan.width, self.geometry.stride);
-        let image_len = height * width * c;
-        // Zeros where a tap falls in the padding; inside the image each kernel row is one
-        // contiguous run of K pixels in NHWC, copied at once.
-        let mut out = vec![0f32; rows * patch];
-        out.par_chunks_mut(plan.out_width * patch)
+        let patch = self.geometry.kernel * self.geometry.kernel * plan.channels;
+        if self.weights.inputs() != patch {
+            candle_core::bail!(
+                "conv: input {:?} needs {patch} weight inputs for a {k}x{k} kernel, the weights have {}",
+                xl.dims(),
+                self.weights.inputs(),
+                k = self.geometry.kernel
+            )
+        }
+        let x = contiguous_f32(xs, xl, "conv input")?;
+        let n = self.weights.outputs();
+        let row_out = plan.out_width * n;
+        let len = plan.batch * plan.out_height * row_out;
+        let image_len = plan.height * plan.width * plan.channels;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()
+            .par_chunks_mut((PATCH_CHUNK_ROWS * row_out).max(1))
             .enumerate()
-            .for_each(|(row, dst_row)| {
-                let (n, oy) = (row / plan.out_height, row % plan.out_height);
-                let image = &x[n * image_len..][..image_len];
-                for (ox, dst) in dst_row.chunks_exact_mut(patch).enumerate() {
-                    for (ky, dst) in dst.chunks_exact_mut(k * c).enumerate() {
-                        let Some(iy) = (oy * s + ky).checked_sub(plan.pad_top).filter(|&iy| iy < height)
-                        else {
-                            continue;
-                        };
-                        let line = &image[iy * width * c..][..width * c];
-                        match (ox * s).checked_sub(plan.pad_left) {
-                            Some(ix) if ix + k <= width => dst.copy_from_slice(&line[ix * c..][..k * c]),
-                            _ => {
-                                for (kx, dst) in dst.chunks_exact_mut(c).enumerate() {
-                                    if let Some(ix) =
-                                        (ox * s + kx).checked_sub(plan.pad_left).filter(|&ix| ix < width)
-                                    {
-                                        dst.copy_from_slice(&line[ix * c..][..c]);
-                                    }
-                                }
-                            }
+            .for_each(|(chunk, dst)| {
+                let rows = dst.len() / row_out.max(1);
+                let mut patches = vec![0f32; rows * plan.out_width * patch];
+                for (i, dst) in patches
+                    .chunks_exact_mut((plan.out_width * patch).max(1))
+                    .enumerate()
+                {
+                    let row = chunk * PATCH_CHUNK_ROWS + i;
+                    let (image, oy) = (row / plan.out_height, row % plan.out_height);
+                    unfold_row(
+                        self.geometry,
+                        &plan,
+                        &x[image * image_len..][..image_len],
+                        oy,
+                        dst,
+                    );
+                }
+                gemm::product_into(
+                    &patches,
+                    rows * plan.out_width,
+                    self.weights,
+                    self.activation,
+                    None,
+                    dst,
+                );
+            });
+        // SAFETY: every chunk's product wrote all of its rows.
+        unsafe { out.set_len(len) };
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((plan.batch, plan.out_height, plan.out_width, n)),
+        ))
+    }
+}
+
+/// The patches of output row `oy` of one image (H x W x C) into `dst` (OW x K * K * C), which
+/// holds zeros: inside the image each kernel row is one contiguous run of K pixels in NHWC,
+/// copied at once; taps in the padding are left zero.
+fn unfold_row(geometry: ConvGeometry, plan: &Plan, image: &[f32], oy: usize, dst: &mut [f32]) {
+    let (k, c, s) = (geometry.kernel, plan.channels, geometry.stride);
+    let (height, width) = (plan.height, plan.width);
+    for (ox, dst) in dst.chunks_exact_mut(k * k * c).enumerate() {
+        for (ky, dst) in dst.chunks_exact_mut(k * c).enumerate() {
+            let Some(iy) = (oy * s + ky).checked_sub(plan.pad_top).filter(|&iy| iy < height) else {
+                continue;
+            };
+            let line = &image[iy * width * c..][..width * c];
+            match (ox * s).checked_sub(plan.pad_left) {
+                Some(ix) if ix + k <= width => dst.copy_from_slice(&line[ix * c..][..k * c]),
+                _ => {
+                    for (kx, dst) in dst.chunks_exact_mut(c).enumerate() {
+                        if let Some(ix) = (ox * s + kx).checked_sub(plan.pad_left).filter(|&ix| ix < width) {
+                            dst.copy_from_slice(&line[ix * c..][..c]);
                         }
                     }
                 }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((rows, patch))))
+            }
+        }
     }
 }
 
@@ -310,7 +358,7 @@ pub fn global_average_pool(level: Level, x: &Tensor) -> candle_core::Result<Tens
     x.contiguous()?.apply_op1_no_bwd(&GlobalAveragePool { level })
 }
 
-/// A 1x1 convolution, or a dense one after [`Im2Col`]: the rows of `x` (.., in) times packed
+/// A 1x1 convolution or a linear layer: the rows of `x` (.., in) times packed
 /// weights, with bias and activation, plus the residual when the op is applied to two tensors.
 struct Pointwise<'a> {
     weights: &'a Weights,
@@ -413,21 +461,26 @@ pub fn conv2d(
     residual: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
-    let patches = if geometry.kernel == 1 && geometry.stride == 1 {
-        x.clone()
-    } else {
-        x.apply_op1_no_bwd(&Im2Col { geometry })?
-    };
+    if geometry.kernel != 1 || geometry.stride != 1 {
+        let y = x.apply_op1_no_bwd(&DenseConv {
+            weights,
+            geometry,
+            activation,
+        })?;
+        return match residual {
+            Some(residual) if residual.dims() != y.dims() => candle_core::bail!(
+                "conv: residual {:?} does not match the output {:?}",
+                residual.dims(),
+                y.dims()
+            ),
+            Some(residual) => y + residual,
+            None => Ok(y),
+        };
+    }
     let op = Pointwise { weights, activation };
-    let y = match residual {
-        Some(residual) => patches.apply_op2_no_bwd(&residual.contiguous()?, &op)?,
-        None => patches.apply_op1_no_bwd(&op)?,
-    };
-    if geometry.kernel == 1 && geometry.stride == 1 {
-        Ok(y)
-    } else {
-        let plan = geometry.plan(x.dims())?;
-        y.reshape((plan.batch, plan.out_height, plan.out_width, weights.outputs()))
+    match residual {
+        Some(residual) => x.apply_op2_no_bwd(&residual.contiguous()?, &op),
+        None => x.apply_op1_no_bwd(&op),
     }
 }
 
@@ -601,25 +654,31 @@ mod tests {
         }
     }
 
+    /// A 1x1 and a 3x3 convolution: a residual of another shape is an error, one of the
+    /// output's shape is added after the activation.
     #[test]
     fn a_residual_of_the_wrong_shape_is_an_error() {
         let x = Tensor::from_vec(values(2 * 3 * 4, 1), (1, 2, 3, 4), &Device::Cpu).unwrap();
-        let weights = Weights::pack(simd::level(), &values(4 * 5, 2), &values(5, 3), 4, 5);
-        let geometry = ConvGeometry {
-            kernel: 1,
-            stride: 1,
-            padding: Padding::Symmetric,
-        };
-        let wrong = Tensor::zeros((1, 2, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let error = conv2d(&x, &weights, geometry, Activation::Identity, Some(&wrong)).unwrap_err();
-        assert!(error.to_string().contains("residual"), "{error}");
-        let right = Tensor::zeros((1, 2, 3, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(
-            conv2d(&x, &weights, geometry, Activation::Identity, Some(&right))
-                .unwrap()
-                .dims(),
-            [1, 2, 3, 5]
-        );
+        for kernel in [1, 3] {
+            let inputs = kernel * kernel * 4;
+            let weights = Weights::pack(simd::level(), &values(inputs * 5, 2), &values(5, 3), inputs, 5);
+            let geometry = ConvGeometry {
+                kernel,
+                stride: 1,
+                padding: Padding::Symmetric,
+            };
+            let wrong = Tensor::zeros((1, 2, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+            let error = conv2d(&x, &weights, geometry, Activation::Relu6, Some(&wrong)).unwrap_err();
+            assert!(
+                error.to_string().contains("residual"),
+                "{kernel}x{kernel}: {error}"
+            );
+            let right = Tensor::from_vec(values(2 * 3 * 5, 4), (1, 2, 3, 5), &Device::Cpu).unwrap();
+            let with = conv2d(&x, &weights, geometry, Activation::Relu6, Some(&right)).unwrap();
+            let without = conv2d(&x, &weights, geometry, Activation::Relu6, None).unwrap();
+            let difference = max_abs_diff(&with, &(without + &right).unwrap());
+            assert!(difference < 1e-6, "{kernel}x{kernel}: {difference}");
+        }
     }
 
     #[test]
