@@ -816,15 +816,50 @@ impl<W: Weight> Tile<W> {
                 }
                 w = w.add(panel_vectors(V::LANES) * V::LANES);
             }
-            for (r, row) in acc.iter().enumerate() {
-                for (v, &value) in row.iter().enumerate() {
-                    let columns = self.columns.saturating_sub(v * V::LANES).min(V::LANES);
+            // The activation and the residual's presence as constants of each arm, so that the
+            // stores below carry no branch per vector.
+            match (self.activation, self.residual) {
+                (Activation::Identity, None) => self.finish(acc, Activation::Identity, None, out),
+                (Activation::Relu6, None) => self.finish(acc, Activation::Relu6, None, out),
+                (Activation::GeluTanh, None) => self.finish(acc, Activation::GeluTanh, None, out),
+                (activation, Some(residual)) => self.finish(acc, activation, Some(residual), out),
+            }
+        }
+    }
+
+    /// The epilogue of [`Tile::of`]: activation, residual, store; whole vectors with plain
+    /// stores, a partial one (at the end of the last panel) with a masked one. The sums come
+    /// by value: lent by reference, they had an address, and LLVM then kept them in memory
+    /// through the loop over the inputs, storing every sum at every step.
+    ///
+    /// # Safety
+    /// As [`Tile::compute`]'s.
+    #[inline(always)]
+    unsafe fn finish<V: F32x, const R: usize, const NV: usize>(
+        &self,
+        acc: [[V; NV]; R],
+        activation: Activation,
+        residual: Option<*const f32>,
+        out: *mut f32,
+    ) {
+        // SAFETY: the caller's contract covers every read and write below.
+        unsafe {
+            for (r, row) in acc.into_iter().enumerate() {
+                for (v, value) in row.into_iter().enumerate() {
                     let at = r * self.n + v * V::LANES;
-                    let mut value = self.activation.apply_lanes(value);
-                    if let Some(residual) = self.residual {
-                        value = value.add(V::load_part(residual.add(at), columns));
+                    let columns = self.columns.saturating_sub(v * V::LANES).min(V::LANES);
+                    let mut value = activation.apply_lanes(value);
+                    if columns == V::LANES {
+                        if let Some(residual) = residual {
+                            value = value.add(V::load(residual.add(at)));
+                        }
+                        value.store(out.add(at));
+                    } else {
+                        if let Some(residual) = residual {
+                            value = value.add(V::load_part(residual.add(at), columns));
+                        }
+                        value.store_part(out.add(at), columns);
                     }
-                    value.store_part(out.add(at), columns);
                 }
             }
         }
