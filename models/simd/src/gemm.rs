@@ -778,6 +778,20 @@ impl<W: Weight> Tile<W> {
             }
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if V::LANES == 8 && self.rows == 6 && self.columns > 8 && self.k > 0 {
+            // SAFETY: eight lanes above the portable level are AVX2's (the portable level has
+            // one), so the CPU has AVX2 and FMA; panels are 16 columns wide, zero past the
+            // matrix; the rest is the caller's.
+            unsafe {
+                if W::IS_F32 {
+                    whole_tile::avx2_6x16(self, out)
+                } else {
+                    whole_tile::avx2_6x16_bf16(self, out)
+                }
+            }
+            return;
+        }
         // SAFETY: forwarded from the caller.
         unsafe {
             if self.columns > 2 * V::LANES {
@@ -816,8 +830,19 @@ impl<W: Weight> Tile<W> {
                 }
                 w = w.add(panel_vectors(V::LANES) * V::LANES);
             }
-            // The activation and the residual's presence as constants of each arm, so that the
-            // stores below carry no branch per vector.
+            self.epilogue(acc, out);
+        }
+    }
+
+    /// Activation, residual and store of a tile's sums. The activation and the residual's
+    /// presence are constants of each arm, so that the stores carry no branch per vector.
+    ///
+    /// # Safety
+    /// As [`Tile::compute`]'s.
+    #[inline(always)]
+    unsafe fn epilogue<V: F32x, const R: usize, const NV: usize>(&self, acc: [[V; NV]; R], out: *mut f32) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
             match (self.activation, self.residual) {
                 (Activation::Identity, None) => self.finish(acc, Activation::Identity, None, out),
                 (Activation::Relu6, None) => self.finish(acc, Activation::Relu6, None, out),
@@ -827,7 +852,7 @@ impl<W: Weight> Tile<W> {
         }
     }
 
-    /// The epilogue of [`Tile::of`]: activation, residual, store; whole vectors with plain
+    /// The stores of [`Tile::epilogue`]: activation, residual, store; whole vectors with plain
     /// stores, a partial one (at the end of the last panel) with a masked one. The sums come
     /// by value: lent by reference, they had an address, and LLVM then kept them in memory
     /// through the loop over the inputs, storing every sum at every step.
@@ -1159,20 +1184,20 @@ mod pairs {
     }
 }
 
-/// The AVX-512 tiles of 8 rows of f32, which nearly every tile of a large product is, with
-/// their step written out in assembly for one, two or three vectors of columns: compiled from
-/// the generic tile, the eight rows' activation addresses took integer instructions on the
-/// ports the multiply-adds use, and the tile ran well below the multiply-add rate. Here
-/// the rows are addressed from two pointers and a stride, so a step of the 48-column tile is
-/// three weight loads, eight broadcasts and 24 multiply-adds, and the loop costs four integer
-/// instructions.
+/// The whole tiles that nearly every tile of a large product is, with their step written out
+/// in assembly: AVX-512's 8 rows of one, two or three vectors of columns, and AVX2's 6 rows of
+/// two. Compiled from the generic tile, the rows' activation addresses took integer
+/// instructions on the ports the multiply-adds use (AVX-512), or registers that the sums
+/// needed (AVX2), and the tile ran well below the multiply-add rate. Here the rows are
+/// addressed from two pointers and a stride, so a step of the 48-column tile is three weight
+/// loads, eight broadcasts and 24 multiply-adds, and the loop costs four integer instructions.
 #[cfg(target_arch = "x86_64")]
 mod whole_tile {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use super::Tile;
-    use crate::{Avx512, F32x};
+    use super::{Tile, Weight};
+    use crate::{Avx2, Avx512, F32x};
 
     /// The epilogue of an 8-row tile of `nv` vectors: activation, residual, store (the last
     /// vector partial where the panel ends).
@@ -1285,6 +1310,104 @@ mod whole_tile {
                 }
             }
         };
+    }
+
+    /// One 6-row AVX2 tile of two vectors (16 columns) in assembly: `load` fills `ymm12` and
+    /// `ymm13` from `[{w}]`, `weight_row_bytes` steps `{w}` to the next input. The rows are
+    /// addressed from `{a}` (rows 0-2) and `{b}` (rows 3-5) with the stride `{lda}`, their
+    /// broadcasts alternate between `ymm14` and `ymm15`, and the twelve sums take the other
+    /// twelve registers. Compiled from the generic tile, the loop's address arithmetic and
+    /// its epilogue competed for the sixteen registers: an epilogue that needed a few more
+    /// left the row stride to be reloaded from the stack six times per step.
+    macro_rules! tile_6_rows {
+        ($(#[$attr:meta])* $name:ident, load: [$($load:literal),+ $(,)?], weight_row_bytes: $step:literal $(,)?) => {
+            $(#[$attr])*
+            ///
+            /// # Safety
+            /// The CPU must have AVX2 and FMA; `tile.k > 0`, 6 rows, panels 16 columns wide
+            /// (zero-padded) of the weight type the loads read; `tile`'s pointers must cover
+            /// its reads and `out` its writes (6 rows `tile.n` apart, `tile.columns` each).
+            #[target_feature(enable = "avx2,fma")]
+            pub unsafe fn $name<W: Weight>(tile: &Tile<W>, out: *mut f32) {
+                // SAFETY: the caller's contract covers every access; the assembly reads the 6
+                // rows of `k` activations and `k` rows of the panel, and writes only the named
+                // registers.
+                unsafe {
+                    let (low, high) = (_mm256_loadu_ps(tile.bias), _mm256_loadu_ps(tile.bias.add(8)));
+                    let [mut s0, mut s2, mut s4, mut s6, mut s8, mut s10] = [low; 6];
+                    let [mut s1, mut s3, mut s5, mut s7, mut s9, mut s11] = [high; 6];
+                    let lda = tile.k * 4;
+                    asm!(
+                        "2:",
+                        "prefetcht0 [{pf}]",
+                        "add {pf}, {pfs}",
+                        $($load,)+
+                        "vbroadcastss ymm14, dword ptr [{a}]",
+                        "vfmadd231ps {s0}, ymm12, ymm14",
+                        "vfmadd231ps {s1}, ymm13, ymm14",
+                        "vbroadcastss ymm15, dword ptr [{a} + {lda}]",
+                        "vfmadd231ps {s2}, ymm12, ymm15",
+                        "vfmadd231ps {s3}, ymm13, ymm15",
+                        "vbroadcastss ymm14, dword ptr [{a} + {lda} * 2]",
+                        "vfmadd231ps {s4}, ymm12, ymm14",
+                        "vfmadd231ps {s5}, ymm13, ymm14",
+                        "vbroadcastss ymm15, dword ptr [{b}]",
+                        "vfmadd231ps {s6}, ymm12, ymm15",
+                        "vfmadd231ps {s7}, ymm13, ymm15",
+                        "vbroadcastss ymm14, dword ptr [{b} + {lda}]",
+                        "vfmadd231ps {s8}, ymm12, ymm14",
+                        "vfmadd231ps {s9}, ymm13, ymm14",
+                        "vbroadcastss ymm15, dword ptr [{b} + {lda} * 2]",
+                        "vfmadd231ps {s10}, ymm12, ymm15",
+                        "vfmadd231ps {s11}, ymm13, ymm15",
+                        "add {a}, 4",
+                        "add {b}, 4",
+                        concat!("add {w}, ", $step),
+                        "dec {k}",
+                        "jnz 2b",
+                        a = inout(reg) tile.a => _,
+                        b = inout(reg) tile.a.add(3 * tile.k) => _,
+                        lda = in(reg) lda,
+                        w = inout(reg) tile.panel.cast::<u8>() => _,
+                        k = inout(reg) tile.k => _,
+                        pf = inout(reg) tile.prefetch => _,
+                        pfs = in(reg) tile.prefetch_step,
+                        s0 = inout(ymm_reg) s0, s1 = inout(ymm_reg) s1, s2 = inout(ymm_reg) s2,
+                        s3 = inout(ymm_reg) s3, s4 = inout(ymm_reg) s4, s5 = inout(ymm_reg) s5,
+                        s6 = inout(ymm_reg) s6, s7 = inout(ymm_reg) s7, s8 = inout(ymm_reg) s8,
+                        s9 = inout(ymm_reg) s9, s10 = inout(ymm_reg) s10, s11 = inout(ymm_reg) s11,
+                        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                        options(nostack, readonly),
+                    );
+                    let sums = [
+                        [Avx2(s0), Avx2(s1)],
+                        [Avx2(s2), Avx2(s3)],
+                        [Avx2(s4), Avx2(s5)],
+                        [Avx2(s6), Avx2(s7)],
+                        [Avx2(s8), Avx2(s9)],
+                        [Avx2(s10), Avx2(s11)],
+                    ];
+                    tile.epilogue::<Avx2, 6, 2>(sums, out);
+                }
+            }
+        };
+    }
+
+    tile_6_rows! {
+        /// The 6-row AVX2 tile of 2 vectors (16 columns, the last partial where the panel ends), f32 weights.
+        avx2_6x16,
+        load: ["vmovups ymm12, [{w}]", "vmovups ymm13, [{w} + 32]"],
+        weight_row_bytes: "64",
+    }
+
+    tile_6_rows! {
+        /// The 6-row AVX2 tile of 2 vectors, bf16 weights (widened as they are loaded).
+        avx2_6x16_bf16,
+        load: [
+            "vpmovzxwd ymm12, [{w}]", "vpslld ymm12, ymm12, 16",
+            "vpmovzxwd ymm13, [{w} + 16]", "vpslld ymm13, ymm13, 16",
+        ],
+        weight_row_bytes: "32",
     }
 
     tile_8_rows! {

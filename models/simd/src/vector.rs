@@ -220,7 +220,7 @@ mod x86 {
 
     /// Eight lanes of AVX2 with FMA.
     #[derive(Clone, Copy)]
-    pub struct Avx2(__m256);
+    pub struct Avx2(pub(crate) __m256);
 
     /// `n < 8` lanes' mask for AVX2's masked moves.
     #[inline(always)]
