@@ -379,8 +379,16 @@ impl<'m> Scheduler<'m> {
         if rows.total() > 0 {
             let sequences = inputs.iter().filter(|input| !input.is_empty()).count();
             self.metrics.observe_batch(sequences);
-            self.read(&roles, &inputs, &shares[prompts.len()..], &mut leaving);
+            let finished = self.read(&roles, &inputs, &shares[prompts.len()..], &mut leaving);
+            // Counted before the answers go out: a client that reads /metrics after its answer
+            // finds the step that made it.
             self.metrics.observe_step(&rows.by_kind(), started.elapsed());
+            for (task, failure) in finished {
+                match failure {
+                    None => task.finish(),
+                    Some(message) => task.fail(&message),
+                }
+            }
         }
         let mut index = 0;
         self.running.retain(|_| {
@@ -407,9 +415,16 @@ impl<'m> Scheduler<'m> {
     }
 
     /// The batched pass of a step: the generations' `inputs` as their `roles` say, and
-    /// `task_rows[t]` rows of task `t`; hands every piece its output, answers the finished
-    /// tasks, and marks in `leaving` the generations that are done.
-    fn read(&mut self, roles: &[Role], inputs: &[Vec<u32>], task_rows: &[usize], leaving: &mut [bool]) {
+    /// `task_rows[t]` rows of task `t`; hands every piece its output, marks in `leaving` the
+    /// generations that are done, and takes out the tasks that are, each with its failure if
+    /// it failed, for the caller to answer.
+    fn read(
+        &mut self,
+        roles: &[Role],
+        inputs: &[Vec<u32>],
+        task_rows: &[usize],
+        leaving: &mut [bool],
+    ) -> Vec<(Task, Option<String>)> {
         let fed: Vec<usize> = (0..roles.len()).filter(|&i| !inputs[i].is_empty()).collect();
         let mut pieces: Vec<Piece<'_>> = Vec::new();
         for (i, run) in self.running.iter_mut().enumerate() {
@@ -439,7 +454,10 @@ impl<'m> Scheduler<'m> {
         drop(pieces);
         let mut outputs = match outputs {
             Ok(outputs) => outputs.into_iter(),
-            Err(e) => return self.fail_step(&fed, &claimed, &e.to_string(), leaving),
+            Err(e) => {
+                self.fail_step(&fed, &claimed, &e.to_string(), leaving);
+                return Vec::new();
+            }
         };
         for (&i, output) in fed.iter().zip(outputs.by_ref()) {
             match roles[i] {
@@ -463,13 +481,11 @@ impl<'m> Scheduler<'m> {
                 Err(e) => finished.push((t, Some(e.to_string()))),
             }
         }
-        for (t, failure) in finished.into_iter().rev() {
-            let task = self.tasks.remove(t);
-            match failure {
-                None => task.finish(),
-                Some(message) => task.fail(&message),
-            }
-        }
+        finished
+            .into_iter()
+            .rev()
+            .map(|(t, failure)| (self.tasks.remove(t), failure))
+            .collect()
     }
 
     /// A failed pass: every generation and task that had rows in it gets the error.
