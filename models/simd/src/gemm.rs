@@ -779,10 +779,10 @@ impl<W: Weight> Tile<W> {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if V::LANES == 8 && self.rows == 6 && self.columns > 8 && self.k > 0 {
-            // SAFETY: eight lanes above the portable level are AVX2's (the portable level has
-            // one), so the CPU has AVX2 and FMA; panels are 16 columns wide, zero past the
-            // matrix; the rest is the caller's.
+        if V::LEVEL == Level::Avx2 && self.rows == 6 && self.columns > 8 && self.k > 0 {
+            // SAFETY: `V` is AVX2's vector, so the CPU has AVX2 and FMA (the trait's
+            // contract); panels are 16 columns wide, zero past the matrix; the rest is the
+            // caller's.
             unsafe {
                 if W::IS_F32 {
                     whole_tile::avx2_6x16(self, out)

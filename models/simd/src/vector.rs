@@ -19,6 +19,9 @@ use half::bf16;
 pub unsafe trait F32x: Copy {
     /// Lanes per vector.
     const LANES: usize;
+    /// The level whose instructions the methods use: the portable vector has as many lanes
+    /// as AVX2's, so a kernel that takes a path of one level's own asks this, not `LANES`.
+    const LEVEL: crate::Level;
 
     /// All lanes zero.
     unsafe fn zero() -> Self;
@@ -119,6 +122,7 @@ impl Portable {
 // SAFETY: plain Rust, no instruction beyond the baseline.
 unsafe impl F32x for Portable {
     const LANES: usize = 8;
+    const LEVEL: crate::Level = crate::Level::Portable;
 
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -235,6 +239,7 @@ mod x86 {
     // SAFETY: every method uses AVX, AVX2 or FMA only; `dispatch` calls them at Avx2 or above.
     unsafe impl F32x for Avx2 {
         const LANES: usize = 8;
+        const LEVEL: crate::Level = crate::Level::Avx2;
 
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -334,6 +339,7 @@ mod x86 {
     // SAFETY: every method uses AVX-512 F/BW/DQ/VL only; `dispatch` calls them at Avx512 or above.
     unsafe impl F32x for Avx512 {
         const LANES: usize = 16;
+        const LEVEL: crate::Level = crate::Level::Avx512;
 
         #[inline(always)]
         unsafe fn zero() -> Self {
