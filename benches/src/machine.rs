@@ -89,9 +89,9 @@ pub fn read_rate(streams: usize) -> f64 {
 }
 
 /// The rate at which all cores together read memory: the better of one and four streams per
-/// task. The decode products read four far-apart streams; which pattern this probe reads
-/// faster depends on the CPU (four on a Sapphire Rapids, one on a Zen 5), so the
-/// better of the two keeps a floor computed from this from being understated.
+/// task. The decode products read four far-apart streams, but which of the two patterns
+/// this probe reads faster differs between CPUs (docs/performance.md), so the better of the
+/// two keeps a floor computed from this from being understated.
 pub fn read_bandwidth() -> f64 {
     read_rate(1).max(read_rate(4))
 }
