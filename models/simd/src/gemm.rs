@@ -515,7 +515,7 @@ fn run_product<W: Weight>(
         Source::Packed(w) if w.pairs => Some((w, pairs::activations(a, rows, k))),
         _ => None,
     };
-    (0..row_chunks * panel_groups).into_par_iter().for_each(|task| {
+    crate::team::for_each(row_chunks * panel_groups, |task| {
         let (group, chunk) = (task / row_chunks, task % row_chunks);
         let first_row = chunk * tiles_per_chunk * tile;
         let task_rows = first_row..((tiles_per_chunk * tile) + first_row).min(rows);

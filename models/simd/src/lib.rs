@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 pub mod dot;
 pub mod gemm;
 mod level;
+pub mod team;
 mod vector;
 
 pub use level::{level, Level, LevelError, ENV};

@@ -8,9 +8,8 @@
 //! loop. Rows of a prompt attend through candle's matrix products.
 
 use candle_core::{CpuStorage, Device, Storage, Tensor};
-use rayon::prelude::*;
 use simd::dot::dots;
-use simd::{dispatch, F32x, Kernel, Level};
+use simd::{dispatch, team, F32x, Kernel, Level};
 
 /// Keys and values of every layer for the tokens seen so far; one per generation.
 #[derive(Debug, Default)]
@@ -175,19 +174,24 @@ pub(crate) fn attend_cached(
             }
         }
         let mut out_rows: Vec<&mut [f32]> = out.chunks_mut(d).collect();
+        // Every head of every lone new row, each a task.
         let mut single = Vec::new();
         for (sequence, layer) in sequences.iter().zip(layers.iter()) {
             if let (1, Some(layer)) = (sequence.len, layer) {
                 let query = &qkv_rows[sequence.offset * 3 * d..][..d];
                 let row = std::mem::take(&mut out_rows[sequence.offset]);
-                single.push((row, query, &**layer, sequence.past + 1));
+                let total = sequence.past + 1;
+                single.extend(row.chunks_mut(heads.dim).enumerate().map(|(h, out)| {
+                    (
+                        out,
+                        &query[h * heads.dim..][..heads.dim],
+                        layer.head(h, total, heads),
+                    )
+                }));
             }
         }
-        single.into_par_iter().for_each(|(row, query, layer, total)| {
-            row.par_chunks_mut(heads.dim).enumerate().for_each(|(h, out)| {
-                let (keys, values) = layer.head(h, total, heads);
-                attend_one(level, &query[h * heads.dim..][..heads.dim], keys, values, out);
-            });
+        team::for_each_mut(&mut single, |(out, query, (keys, values))| {
+            attend_one(level, query, keys, values, out);
         });
     }
     for (sequence, layer) in sequences.iter().zip(layers.iter()) {

@@ -13,13 +13,18 @@ use candle_core::{DType, Tensor};
 use hub::F32Values;
 use serde::Deserialize;
 use simd::gemm::Activation;
-use simd::Level;
+use simd::{team, Level};
 
 use crate::activation::Gelu;
 use crate::attention::{attend_cached, Heads, KvCache, SequenceRows};
 use crate::dense::{Dense, TokenTable};
 use crate::reading::{Piece, PieceOutput};
 use crate::TextError;
+
+/// Rows up to which a pass runs on a [`team`]: decode steps, alone or batched, whose products
+/// are bound by reading the weights and last tens of microseconds each. A prompt's products
+/// and attention are long enough for rayon's hand-offs to cost nothing that matters.
+const TEAM_ROWS: usize = 16;
 
 /// How the dense weights are held in memory. Decoding reads every dense weight once per step,
 /// so bf16 (half the bytes) decodes up to twice as fast; each weight is rounded to 8 bits of
@@ -245,7 +250,9 @@ impl Gpt2 {
         let mut caches: Vec<Option<&mut KvCache>> = read.iter().map(|_| None).collect();
         let x = match read.is_empty() {
             true => Tensor::zeros((0, self.config.n_embd), DType::F32, &candle_core::Device::Cpu)?,
-            false => on_compute_pool(|| self.extend_batch_on_pool(&read, &mut caches))?,
+            false => on_compute_pool(read.iter().map(|t| t.len()).sum(), || {
+                self.extend_batch_on_pool(&read, &mut caches)
+            })?,
         };
         let mut offset = 0;
         Ok(sequences
@@ -267,7 +274,9 @@ impl Gpt2 {
     pub fn extend_batch(&self, inputs: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor, TextError> {
         let mut caches: Vec<Option<&mut KvCache>> =
             caches.iter_mut().map(|cache| Some(&mut **cache)).collect();
-        on_compute_pool(|| self.extend_batch_on_pool(inputs, &mut caches))
+        on_compute_pool(inputs.iter().map(|t| t.len()).sum(), || {
+            self.extend_batch_on_pool(inputs, &mut caches)
+        })
     }
 
     /// One batched pass over pieces of many sequences ([`crate::reading`]): each piece's rows
@@ -289,7 +298,7 @@ impl Gpt2 {
             .iter_mut()
             .map(|piece| piece.cache.as_deref_mut())
             .collect();
-        let hidden = on_compute_pool(|| self.extend_batch_on_pool(&inputs, &mut caches))?;
+        let hidden = on_compute_pool(offset, || self.extend_batch_on_pool(&inputs, &mut caches))?;
         let mut logits = self.logits_of_rows(&hidden, &wanted)?.into_iter();
         let mut offset = 0;
         pieces
@@ -417,7 +426,7 @@ impl Gpt2 {
     /// embedding). Kept apart from [`Gpt2::forward`] so that a prefill pays for the head only on
     /// the positions whose logits it needs (one vocabulary-wide product per row).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, TextError> {
-        on_compute_pool(|| Ok(self.wte.logits(self.level, hidden)?))
+        on_compute_pool(hidden.dim(0)?, || Ok(self.wte.logits(self.level, hidden)?))
     }
 
     /// The logits of some rows of final hidden states, one list per row, in the order asked.
@@ -430,11 +439,16 @@ impl Gpt2 {
     }
 }
 
-/// Runs `work` on a rayon worker. Every layer's products split across the pool; started from
-/// inside it they hand work to the other worker directly, where from outside each of the ~50
-/// parallel loops of a decode step would put the calling thread to sleep and wake it again.
-fn on_compute_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| work())
+/// Runs `work` over `rows` activation rows on a rayon worker. Every layer's products split
+/// across the pool; started from inside it they hand work to the other worker directly, where
+/// from outside each of the ~50 parallel loops of a decode step would put the calling thread
+/// to sleep and wake it again. A step of few rows runs on a [`team`]: its loops are then so
+/// short that waking a sleeping worker for each is a large part of the step.
+fn on_compute_pool<R: Send>(rows: usize, work: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| match rows <= TEAM_ROWS {
+        true => team::with_team(work),
+        false => work(),
+    })
 }
 
 /// Named weights of a GPT-2 file, with or without Hugging Face's `transformer.` prefix, checked

@@ -13,10 +13,9 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
 use simd::dot::dots;
 use simd::gemm::Weight;
-use simd::{dispatch, F32x, Kernel, Level};
+use simd::{dispatch, team, F32x, Kernel, Level};
 
 /// Weight rows per chunk of the several-row product: a thread's sums for a tile of columns
 /// stay in registers across the chunk, and its prefetches run one chunk ahead (longer and
@@ -246,27 +245,24 @@ pub(crate) fn rows_times_matrix<W: Weight>(
     let per_thread = inputs
         .div_ceil(rayon::current_num_threads().max(1))
         .next_multiple_of(INPUT_CHUNK);
-    let partials: Vec<Vec<f32>> = (0..inputs.div_ceil(per_thread))
-        .into_par_iter()
-        .map(|part| {
-            let start = part * per_thread;
-            let end = (start + per_thread).min(inputs);
-            let mut sums = vec![0f32; rows * outputs];
-            dispatch(
-                level,
-                InputBlock {
-                    x,
-                    w,
-                    outputs,
-                    inputs: start..end,
-                    sums: &mut sums,
-                },
-            );
-            sums
-        })
-        .collect();
+    let mut partials = vec![0f32; inputs.div_ceil(per_thread) * rows * outputs];
+    let mut parts: Vec<(usize, &mut [f32])> = partials.chunks_mut(rows * outputs).enumerate().collect();
+    team::for_each_mut(&mut parts, |(part, sums)| {
+        let start = *part * per_thread;
+        let end = (start + per_thread).min(inputs);
+        dispatch(
+            level,
+            InputBlock {
+                x,
+                w,
+                outputs,
+                inputs: start..end,
+                sums,
+            },
+        );
+    });
     let mut y = bias.repeat(rows);
-    for partial in &partials {
+    for partial in partials.chunks_exact(rows * outputs) {
         y.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
     }
     y
@@ -345,15 +341,13 @@ pub(crate) fn rows_times_transposed<W: Weight>(
         .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
         .max(1);
     let mut by_token = vec![0f32; vocab * rows];
-    by_token
-        .par_chunks_mut(rows * block_rows)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let first = block * block_rows;
-            let count = out.len() / rows;
-            let e = &e[first * d..(first + count) * d];
-            dispatch(level, TransposedBlock { x, e, d, out });
-        });
+    let mut blocks: Vec<(usize, &mut [f32])> = by_token.chunks_mut(rows * block_rows).enumerate().collect();
+    team::for_each_mut(&mut blocks, |(block, out)| {
+        let first = *block * block_rows;
+        let count = out.len() / rows;
+        let e = &e[first * d..(first + count) * d];
+        dispatch(level, TransposedBlock { x, e, d, out });
+    });
     if rows == 1 {
         return by_token;
     }
