@@ -19,9 +19,37 @@ use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
+/// How this thread runs the parallel loops it starts.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// On rayon's pool: outside any team.
+    Pool,
+    /// On the team this thread leads, inside [`with_team`].
+    Lead(*const Team),
+    /// In place, one task after another: inside a task of a team's loop, where every other
+    /// thread of the team is busy with that loop. Handing the inner loop to rayon instead could
+    /// deadlock: a helper waiting for a stolen rayon job may pick up a second helper's job and
+    /// spin in it until the leader's work is over, which waits for the first.
+    InTask,
+}
+
 thread_local! {
-    /// The team whose leader this thread is, inside [`with_team`].
-    static LED: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Pool) };
+}
+
+/// This thread's [`Mode`] for as long as the value lives, then the one before.
+struct ModeGuard(Mode);
+
+impl ModeGuard {
+    fn set(mode: Mode) -> Self {
+        Self(MODE.with(|current| current.replace(mode)))
+    }
+}
+
+impl Drop for ModeGuard {
+    fn drop(&mut self) {
+        MODE.with(|current| current.set(self.0));
+    }
 }
 
 /// One parallel loop's task, on its leader's stack while the loop runs.
@@ -84,6 +112,7 @@ impl Team {
         if rayon::current_thread_index() == self.leader {
             return;
         }
+        let _in_task = ModeGuard::set(Mode::InTask);
         // Generation 0 is the state before the first loop.
         let mut seen = 0;
         while !self.over.load(Ordering::Acquire) {
@@ -139,8 +168,11 @@ impl Team {
 /// Runs `work` with every other rayon worker spinning as its helper, so that the [`for_each`]
 /// loops inside it start and end without waking a sleeping thread. Meant for work of a few
 /// milliseconds made of many short loops; other rayon parallelism inside `work` runs on the
-/// calling thread alone while the helpers are held.
+/// calling thread alone while the helpers are held. Inside a team already, `work` runs on it.
 pub fn with_team<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if !matches!(MODE.with(Cell::get), Mode::Pool) {
+        return work();
+    }
     let team = Team {
         claims: AtomicU64::new(0),
         region: AtomicPtr::new(std::ptr::null_mut()),
@@ -154,36 +186,45 @@ pub fn with_team<R: Send>(work: impl FnOnce() -> R + Send) -> R {
         for _ in 1..rayon::current_num_threads() {
             scope.spawn(move |_| team.help());
         }
-        let outer = LED.with(|led| led.replace(team));
-        let result = catch_unwind(AssertUnwindSafe(work));
-        LED.with(|led| led.set(outer));
+        let result = {
+            let _lead = ModeGuard::set(Mode::Lead(team));
+            catch_unwind(AssertUnwindSafe(work))
+        };
         team.over.store(true, Ordering::Release);
         result.unwrap_or_else(|payload| resume_unwind(payload))
     })
 }
 
 /// `task(i)` for every `i < tasks`, in parallel: on the team of the enclosing [`with_team`]
-/// where there is one, on rayon's pool otherwise.
+/// where there is one, on rayon's pool otherwise. A loop of one task runs in place, so the
+/// loops inside it still have the team; a loop inside a task of a team's loop of several runs
+/// in place on that task's thread ([`Mode::InTask`]). A task must not start rayon work of its
+/// own, for the reason [`Mode::InTask`] gives.
 pub fn for_each(tasks: usize, task: impl Fn(usize) + Sync + Send) {
-    let team = LED.with(Cell::get);
-    if team.is_null() || tasks > MAX_TEAM_TASKS {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        // SAFETY: the pointer is set only while `with_team`'s team is alive on this thread.
-        unsafe { &*team }.run(tasks, &task);
+    match MODE.with(Cell::get) {
+        _ if tasks == 1 => task(0),
+        Mode::InTask => (0..tasks).for_each(task),
+        Mode::Lead(team) if tasks <= MAX_TEAM_TASKS => {
+            let _in_task = ModeGuard::set(Mode::InTask);
+            // SAFETY: the mode holds the team only while `with_team` keeps it alive.
+            unsafe { &*team }.run(tasks, &task);
+        }
+        Mode::Pool | Mode::Lead(_) => (0..tasks).into_par_iter().for_each(task),
     }
 }
 
 /// `task(item)` for every item of `items`, in parallel, as [`for_each`] runs its tasks: each
 /// item goes to one task, so a task may write through it (a row of an output, say).
 pub fn for_each_mut<T: Send>(items: &mut [T], task: impl Fn(&mut T) + Sync + Send) {
-    if LED.with(Cell::get).is_null() {
-        items.par_iter_mut().for_each(task);
-    } else {
-        let items: Vec<Mutex<&mut T>> = items.iter_mut().map(Mutex::new).collect();
-        for_each(items.len(), |i| {
-            task(&mut items[i].lock().unwrap_or_else(PoisonError::into_inner));
-        });
+    match MODE.with(Cell::get) {
+        Mode::Pool => items.par_iter_mut().for_each(task),
+        Mode::InTask => items.iter_mut().for_each(task),
+        Mode::Lead(_) => {
+            let items: Vec<Mutex<&mut T>> = items.iter_mut().map(Mutex::new).collect();
+            for_each(items.len(), |i| {
+                task(&mut items[i].lock().unwrap_or_else(PoisonError::into_inner));
+            });
+        }
     }
 }
 
@@ -261,6 +302,27 @@ mod tests {
                 assert_eq!(finished.load(Ordering::Relaxed), 15);
             })
         });
+    }
+
+    /// Loops inside the tasks of a loop, and teams inside a team, run every task once.
+    #[test]
+    fn nested_loops_run_every_task_once() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let counts: Vec<AtomicUsize> = (0..6 * 7).map(|_| AtomicUsize::new(0)).collect();
+        pool.install(|| {
+            with_team(|| {
+                for_each(1, |_| {
+                    for_each(6, |outer| {
+                        with_team(|| {
+                            for_each(7, |inner| {
+                                counts[outer * 7 + inner].fetch_add(1, Ordering::Relaxed);
+                            })
+                        })
+                    })
+                })
+            })
+        });
+        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
     }
 
     /// Nested rayon work inside a team finishes (on the leader) rather than deadlocking.

@@ -12,10 +12,9 @@ use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use simd::gemm::{self, Weights};
-use simd::Level;
+use simd::{team, Level};
 
 use crate::depthwise;
 use crate::ops::{contiguous_f32, Activation, ConvGeometry, Plan};
@@ -100,19 +99,23 @@ impl CustomOp3 for InvertedResidual<'_> {
         let image_len = height * width * inputs;
         let zeros = vec![0f32; width * channels];
         let mut out: Vec<f32> = Vec::with_capacity(batch * plan.out_height * out_row);
-        out.spare_capacity_mut()
-            .par_chunks_mut((plan.out_height * out_row).max(1))
-            .zip(x.par_chunks(image_len.max(1)))
-            .for_each(|(image_out, image)| {
+        // Every strip of every image, each a task: (image, strip, its output rows).
+        let mut strips: Vec<(usize, usize, &mut [MaybeUninit<f32>])> = out.spare_capacity_mut()
+            [..batch * plan.out_height * out_row]
+            .chunks_mut((plan.out_height * out_row).max(1))
+            .enumerate()
+            .flat_map(|(n, image_out)| {
                 image_out
-                    .par_chunks_mut((strip_rows * out_row).max(1))
+                    .chunks_mut((strip_rows * out_row).max(1))
                     .enumerate()
-                    .for_each(|(strip, dst)| {
-                        let first = strip * strip_rows;
-                        let rows = dst.len() / out_row;
-                        self.strip(&plan, image, w, b, &zeros, first, rows, dst);
-                    });
-            });
+                    .map(move |(strip, dst)| (n, strip, dst))
+            })
+            .collect();
+        team::for_each_mut(&mut strips, |(n, strip, dst)| {
+            let image = &x[*n * image_len..][..image_len];
+            let (first, rows) = (*strip * strip_rows, dst.len() / out_row);
+            self.strip(&plan, image, w, b, &zeros, first, rows, dst);
+        });
         // SAFETY: every strip of every image wrote all of its rows.
         unsafe { out.set_len(batch * plan.out_height * out_row) };
         Ok((
@@ -170,23 +173,25 @@ impl InvertedResidual<'_> {
         let mut convolved: Vec<f32> = Vec::with_capacity(rows * dw_row);
         // Rows in parallel: a 14x14 or 7x7 block is one strip, which one image at a time
         // would otherwise convolve on one thread.
-        convolved.spare_capacity_mut()[..rows * dw_row]
-            .par_chunks_mut(dw_row)
+        let mut dw_rows: Vec<(usize, &mut [MaybeUninit<f32>])> = convolved.spare_capacity_mut()
+            [..rows * dw_row]
+            .chunks_mut(dw_row)
             .enumerate()
-            .for_each(|(oy, out)| {
-                depthwise::row(
-                    self.level,
-                    self.depthwise,
-                    Activation::Relu6,
-                    &strip_plan,
-                    &expanded,
-                    zeros,
-                    w,
-                    b,
-                    oy,
-                    out,
-                );
-            });
+            .collect();
+        team::for_each_mut(&mut dw_rows, |(oy, out)| {
+            depthwise::row(
+                self.level,
+                self.depthwise,
+                Activation::Relu6,
+                &strip_plan,
+                &expanded,
+                zeros,
+                w,
+                b,
+                *oy,
+                out,
+            );
+        });
         // SAFETY: `depthwise::row` wrote every value of every row.
         unsafe { convolved.set_len(rows * dw_row) };
         let residual = self

@@ -11,7 +11,7 @@ use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
 
 use simd::gemm::Weights;
-use simd::Level;
+use simd::{team, Level};
 
 use crate::ops::{self, Activation, ConvGeometry, Padding};
 use crate::{fused, VisionError};
@@ -182,11 +182,13 @@ impl MobileNetV2 {
     pub fn features(&self, images: &Tensor) -> candle_core::Result<Tensor> {
         // On a rayon worker, each layer's parallel loop starts inside the pool; from outside,
         // every one of the 60 layers would put this thread to sleep and wake it again, and the
-        // scheduler's share of a batch-1 pass was twice what it is this way.
+        // scheduler's share of a batch-1 pass was twice what it is this way. A lone image's
+        // pass runs on a team ([`team`]), whose helpers spin between the layers' short loops
+        // rather than fall asleep after each.
         rayon::scope(|_| {
             let batch = images.dim(0)?;
             if batch == 1 {
-                return self.features_of_pass(images, rayon::current_num_threads());
+                return team::with_team(|| self.features_of_pass(images, rayon::current_num_threads()));
             }
             let features = (0..batch)
                 .into_par_iter()
