@@ -228,6 +228,28 @@ pub fn for_each_mut<T: Send>(items: &mut [T], task: impl Fn(&mut T) + Sync + Sen
     }
 }
 
+/// `task(index, chunk)` for every `chunk_len` items of `items` in turn (the last chunk may be
+/// shorter), in parallel as [`for_each`] runs its tasks: the rows of an output, a few at a time.
+pub fn for_each_chunk_mut<T: Send>(
+    items: &mut [T],
+    chunk_len: usize,
+    task: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    if items.is_empty() {
+        return;
+    }
+    match MODE.with(Cell::get) {
+        Mode::Pool => items
+            .par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(index, chunk)| task(index, chunk)),
+        Mode::Lead(_) | Mode::InTask => {
+            let mut chunks: Vec<(usize, &mut [T])> = items.chunks_mut(chunk_len).enumerate().collect();
+            for_each_mut(&mut chunks, |(index, chunk)| task(*index, chunk));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
@@ -256,7 +278,8 @@ mod tests {
         }
     }
 
-    /// Each item is handed to exactly one task, in a team and outside one.
+    /// Each item, and each chunk of items, is handed to exactly one task, in a team and outside
+    /// one.
     #[test]
     fn every_item_is_written_once() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
@@ -266,15 +289,31 @@ mod tests {
             let fill = |items: &mut [(usize, &mut [usize; 3])]| {
                 for_each_mut(items, |(i, row)| row.iter_mut().for_each(|v| *v += *i));
             };
+            let mut chunked = vec![0usize; 50];
+            let fill_chunks = |values: &mut [usize]| {
+                for_each_chunk_mut(values, 7, |index, chunk| {
+                    chunk.iter_mut().for_each(|v| *v += index)
+                });
+            };
             pool.install(|| {
                 if teamed {
-                    with_team(|| fill(&mut items))
+                    with_team(|| {
+                        fill(&mut items);
+                        fill_chunks(&mut chunked);
+                        fill_chunks(&mut []);
+                    })
                 } else {
-                    fill(&mut items)
+                    fill(&mut items);
+                    fill_chunks(&mut chunked);
+                    fill_chunks(&mut []);
                 }
             });
             assert!(
                 rows.iter().enumerate().all(|(i, row)| *row == [i; 3]),
+                "teamed: {teamed}"
+            );
+            assert!(
+                chunked.iter().enumerate().all(|(i, &v)| v == i / 7),
                 "teamed: {teamed}"
             );
         }

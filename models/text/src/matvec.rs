@@ -245,10 +245,12 @@ pub(crate) fn rows_times_matrix<W: Weight>(
     let per_thread = inputs
         .div_ceil(rayon::current_num_threads().max(1))
         .next_multiple_of(INPUT_CHUNK);
+    if rows * outputs == 0 {
+        return Vec::new();
+    }
     let mut partials = vec![0f32; inputs.div_ceil(per_thread) * rows * outputs];
-    let mut parts: Vec<(usize, &mut [f32])> = partials.chunks_mut(rows * outputs).enumerate().collect();
-    team::for_each_mut(&mut parts, |(part, sums)| {
-        let start = *part * per_thread;
+    team::for_each_chunk_mut(&mut partials, rows * outputs, |part, sums| {
+        let start = part * per_thread;
         let end = (start + per_thread).min(inputs);
         dispatch(
             level,
@@ -341,9 +343,8 @@ pub(crate) fn rows_times_transposed<W: Weight>(
         .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
         .max(1);
     let mut by_token = vec![0f32; vocab * rows];
-    let mut blocks: Vec<(usize, &mut [f32])> = by_token.chunks_mut(rows * block_rows).enumerate().collect();
-    team::for_each_mut(&mut blocks, |(block, out)| {
-        let first = *block * block_rows;
+    team::for_each_chunk_mut(&mut by_token, rows * block_rows, |block, out| {
+        let first = block * block_rows;
         let count = out.len() / rows;
         let e = &e[first * d..(first + count) * d];
         dispatch(level, TransposedBlock { x, e, d, out });

@@ -173,25 +173,24 @@ impl InvertedResidual<'_> {
         let mut convolved: Vec<f32> = Vec::with_capacity(rows * dw_row);
         // Rows in parallel: a 14x14 or 7x7 block is one strip, which one image at a time
         // would otherwise convolve on one thread.
-        let mut dw_rows: Vec<(usize, &mut [MaybeUninit<f32>])> = convolved.spare_capacity_mut()
-            [..rows * dw_row]
-            .chunks_mut(dw_row)
-            .enumerate()
-            .collect();
-        team::for_each_mut(&mut dw_rows, |(oy, out)| {
-            depthwise::row(
-                self.level,
-                self.depthwise,
-                Activation::Relu6,
-                &strip_plan,
-                &expanded,
-                zeros,
-                w,
-                b,
-                *oy,
-                out,
-            );
-        });
+        team::for_each_chunk_mut(
+            &mut convolved.spare_capacity_mut()[..rows * dw_row],
+            dw_row,
+            |oy, out| {
+                depthwise::row(
+                    self.level,
+                    self.depthwise,
+                    Activation::Relu6,
+                    &strip_plan,
+                    &expanded,
+                    zeros,
+                    w,
+                    b,
+                    oy,
+                    out,
+                );
+            },
+        );
         // SAFETY: `depthwise::row` wrote every value of every row.
         unsafe { convolved.set_len(rows * dw_row) };
         let residual = self

@@ -5,8 +5,6 @@
 //! contiguous channels. Candle's own grouped convolution runs one small convolution per channel
 //! (about 7,000 per MobileNetV2 image), which is what these kernels replace.
 
-use std::mem::MaybeUninit;
-
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -235,18 +233,15 @@ impl CustomOp1 for DenseConv<'_> {
         let len = plan.batch * plan.out_height * row_out;
         let image_len = plan.height * plan.width * plan.channels;
         let mut out: Vec<f32> = Vec::with_capacity(len);
-        let mut chunks: Vec<(usize, &mut [MaybeUninit<f32>])> = out.spare_capacity_mut()[..len]
-            .chunks_mut((PATCH_CHUNK_ROWS * row_out).max(1))
-            .enumerate()
-            .collect();
-        team::for_each_mut(&mut chunks, |(chunk, dst)| {
+        let chunk_len = (PATCH_CHUNK_ROWS * row_out).max(1);
+        team::for_each_chunk_mut(&mut out.spare_capacity_mut()[..len], chunk_len, |chunk, dst| {
             let rows = dst.len() / row_out.max(1);
             let mut patches = vec![0f32; rows * plan.out_width * patch];
             for (i, dst) in patches
                 .chunks_exact_mut((plan.out_width * patch).max(1))
                 .enumerate()
             {
-                let row = *chunk * PATCH_CHUNK_ROWS + i;
+                let row = chunk * PATCH_CHUNK_ROWS + i;
                 let (image, oy) = (row / plan.out_height, row % plan.out_height);
                 unfold_row(
                     self.geometry,
