@@ -89,32 +89,31 @@ impl CustomOp3 for InvertedResidual<'_> {
 
         let stride = self.depthwise.stride;
         let row_bytes = width * channels * std::mem::size_of::<f32>();
-        let mut strip_rows =
+        let strip_rows =
             ((STRIP_BYTES / row_bytes.max(1)).saturating_sub(k) / stride + 1).min(plan.out_height);
-        let shared_rows = plan.out_height.div_ceil(self.min_strips.max(1));
-        if shared_rows >= MIN_SHARED_STRIP_ROWS {
-            strip_rows = strip_rows.min(shared_rows);
+        let mut strips_per_image = plan.out_height.div_ceil(strip_rows.max(1));
+        if plan.out_height.div_ceil(self.min_strips.max(1)) >= MIN_SHARED_STRIP_ROWS {
+            // Cut for the threads: a multiple of them, so that none is left to finish a last
+            // strip alone.
+            strips_per_image = strips_per_image.next_multiple_of(self.min_strips.max(1));
         }
         let out_row = plan.out_width * outputs;
         let image_len = height * width * inputs;
         let zeros = vec![0f32; width * channels];
         let mut out: Vec<f32> = Vec::with_capacity(batch * plan.out_height * out_row);
-        // Every strip of every image, each a task: (image, strip, its output rows).
+        // Every strip of every image, each a task: (image, its first output row, its rows).
         let mut strips: Vec<(usize, usize, &mut [MaybeUninit<f32>])> = out.spare_capacity_mut()
             [..batch * plan.out_height * out_row]
             .chunks_mut((plan.out_height * out_row).max(1))
             .enumerate()
             .flat_map(|(n, image_out)| {
-                image_out
-                    .chunks_mut((strip_rows * out_row).max(1))
-                    .enumerate()
-                    .map(move |(strip, dst)| (n, strip, dst))
+                even_strips(image_out, plan.out_height, strips_per_image, out_row)
+                    .map(move |(first, dst)| (n, first, dst))
             })
             .collect();
-        team::for_each_mut(&mut strips, |(n, strip, dst)| {
+        team::for_each_mut(&mut strips, |(n, first, dst)| {
             let image = &x[*n * image_len..][..image_len];
-            let (first, rows) = (*strip * strip_rows, dst.len() / out_row);
-            self.strip(&plan, image, w, b, &zeros, first, rows, dst);
+            self.strip(&plan, image, w, b, &zeros, *first, dst.len() / out_row, dst);
         });
         // SAFETY: every strip of every image wrote all of its rows.
         unsafe { out.set_len(batch * plan.out_height * out_row) };
@@ -123,6 +122,23 @@ impl CustomOp3 for InvertedResidual<'_> {
             Shape::from((batch, plan.out_height, plan.out_width, outputs)),
         ))
     }
+}
+
+/// `image_out` (`rows` rows of `row_len`) cut into `strips` strips as even as the rows allow,
+/// each with its first row.
+fn even_strips<T>(
+    mut image_out: &mut [T],
+    rows: usize,
+    strips: usize,
+    row_len: usize,
+) -> impl Iterator<Item = (usize, &mut [T])> {
+    let strips = strips.clamp(1, rows.max(1));
+    (0..strips).map(move |strip| {
+        let (first, end) = (strip * rows / strips, (strip + 1) * rows / strips);
+        let (dst, rest) = std::mem::take(&mut image_out).split_at_mut((end - first) * row_len);
+        image_out = rest;
+        (first, dst)
+    })
 }
 
 impl InvertedResidual<'_> {

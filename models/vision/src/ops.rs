@@ -273,16 +273,36 @@ impl CustomOp1 for DenseConv<'_> {
 /// holds zeros: inside the image each kernel row is one contiguous run of K pixels in NHWC,
 /// copied at once; taps in the padding are left zero.
 fn unfold_row(geometry: ConvGeometry, plan: &Plan, image: &[f32], oy: usize, dst: &mut [f32]) {
+    // The stem's runs, three RGB pixels, get a copy of a length known when compiling: a few
+    // moves inline, where a call to `memcpy` per run (three per output pixel) cost more than
+    // the stem's arithmetic.
+    const STEM_RUN: usize = 3 * 3;
+    if geometry.kernel * plan.channels == STEM_RUN {
+        unfold_row_in_runs_of::<STEM_RUN>(geometry, plan, image, oy, dst);
+    } else {
+        unfold_row_in_runs_of::<0>(geometry, plan, image, oy, dst);
+    }
+}
+
+/// [`unfold_row`], its runs `RUN` floats long (0: any length).
+fn unfold_row_in_runs_of<const RUN: usize>(
+    geometry: ConvGeometry,
+    plan: &Plan,
+    image: &[f32],
+    oy: usize,
+    dst: &mut [f32],
+) {
     let (k, c, s) = (geometry.kernel, plan.channels, geometry.stride);
+    let run = if RUN > 0 { RUN } else { k * c };
     let (height, width) = (plan.height, plan.width);
-    for (ox, dst) in dst.chunks_exact_mut(k * k * c).enumerate() {
-        for (ky, dst) in dst.chunks_exact_mut(k * c).enumerate() {
+    for (ox, dst) in dst.chunks_exact_mut(k * run).enumerate() {
+        for (ky, dst) in dst.chunks_exact_mut(run).enumerate() {
             let Some(iy) = (oy * s + ky).checked_sub(plan.pad_top).filter(|&iy| iy < height) else {
                 continue;
             };
             let line = &image[iy * width * c..][..width * c];
             match (ox * s).checked_sub(plan.pad_left) {
-                Some(ix) if ix + k <= width => dst.copy_from_slice(&line[ix * c..][..k * c]),
+                Some(ix) if ix + k <= width => dst.copy_from_slice(&line[ix * c..][..run]),
                 _ => {
                     for (kx, dst) in dst.chunks_exact_mut(c).enumerate() {
                         if let Some(ix) = (ox * s + kx).checked_sub(plan.pad_left).filter(|&ix| ix < width) {
