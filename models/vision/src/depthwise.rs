@@ -97,17 +97,7 @@ struct Row3x3<'a> {
     out: *mut f32,
 }
 
-/// Output pixels per interior group, by lanes: with nine taps and the group's input columns
-/// in registers, four fill AVX2's sixteen, eight AVX-512's thirty-two.
-const fn group(lanes: usize) -> usize {
-    if lanes >= 16 {
-        8
-    } else {
-        4
-    }
-}
-
-/// Input columns a group of [`group`] pixels reads at most (stride 2, 8 pixels).
+/// Input columns a group of pixels reads at most (stride 2, 8 pixels).
 const MAX_COLUMNS: usize = 2 * (8 - 1) + 3;
 
 impl Kernel for Row3x3<'_> {
@@ -144,7 +134,6 @@ impl Kernel for Row3x3<'_> {
             None => 0,
         };
         let interior = first..end.max(first);
-        let g = group(V::LANES);
         // SAFETY: the level's instructions (the trait's contract). Reads: each row pointer
         // starts a W x C row (of the image or of `zeros`), interior columns read pixels
         // `x0..x0 + 3` with `x0 + 2 < W`, border columns read checked pixels or `zeros`, and
@@ -160,30 +149,41 @@ impl Kernel for Row3x3<'_> {
                 let bias = V::load_part(b.as_ptr().add(cb), lanes);
                 let mut ox = interior.start;
                 if lanes == V::LANES {
-                    while ox + g <= interior.end {
-                        let offset = (ox * stride - plan.pad_left) * c + cb;
-                        let acc = if stride == 1 {
-                            interior_group::<V, 1>(&rows, offset, c, g, &taps, bias)
-                        } else {
-                            interior_group::<V, 2>(&rows, offset, c, g, &taps, bias)
-                        };
-                        for (j, &acc) in acc[..g].iter().enumerate() {
-                            activation.apply_lanes(acc).store(out.add((ox + j) * c + cb));
-                        }
-                        ox += g;
-                    }
+                    let groups = Groups {
+                        rows: &rows,
+                        stride,
+                        pad_left: plan.pad_left,
+                        c,
+                        cb,
+                        taps: &taps,
+                        bias,
+                        activation,
+                        out,
+                    };
+                    // Whole groups, then half groups: a 14- or 7-pixel row's interior is
+                    // mostly the tail that whole groups leave.
+                    ox = if V::LANES >= 16 {
+                        groups.sweep::<4>(groups.sweep::<8>(ox, interior.end), interior.end)
+                    } else {
+                        groups.sweep::<2>(groups.sweep::<4>(ox, interior.end), interior.end)
+                    };
                 }
                 for ox in (0..interior.start).chain(ox..plan.out_width) {
+                    // A tap in the padding reads `zeros`, so every pixel takes nine loads
+                    // without a branch between them.
+                    let columns: [Option<usize>; 3] = std::array::from_fn(|kx| {
+                        (ox * stride + kx)
+                            .checked_sub(plan.pad_left)
+                            .filter(|&ix| ix < width)
+                    });
                     let mut acc = bias;
                     for (ky, &row) in rows.iter().enumerate() {
-                        for kx in 0..3 {
-                            let ix = (ox * stride + kx)
-                                .checked_sub(plan.pad_left)
-                                .filter(|&ix| ix < width);
-                            if let Some(ix) = ix {
-                                acc =
-                                    V::load_part(row.add(ix * c + cb), lanes).mul_add(taps[ky * 3 + kx], acc);
-                            }
+                        for (kx, column) in columns.iter().enumerate() {
+                            let pixel = match column {
+                                Some(ix) => row.add(ix * c + cb),
+                                None => zeros.as_ptr().add(cb),
+                            };
+                            acc = V::load_part(pixel, lanes).mul_add(taps[ky * 3 + kx], acc);
                         }
                     }
                     activation
@@ -195,36 +195,73 @@ impl Kernel for Row3x3<'_> {
     }
 }
 
-/// `g` neighbouring interior output pixels `S` input columns apart, the first reading from
-/// `offset` in every row: each row's `(g - 1) S + 3` input columns are loaded once.
-///
-/// # Safety
-/// The CPU must have `V`'s instructions; every column read must lie in its row.
-#[inline(always)]
-unsafe fn interior_group<V: F32x, const S: usize>(
-    rows: &[*const f32; 3],
-    offset: usize,
+/// One vector of channels of a row's interior pixels, swept in groups: with nine taps and a
+/// group's input columns in registers, groups of four fill AVX2's sixteen, eight AVX-512's
+/// thirty-two.
+struct Groups<'a, V> {
+    rows: &'a [*const f32; 3],
+    stride: usize,
+    pad_left: usize,
     c: usize,
-    g: usize,
-    taps: &[V; 9],
+    cb: usize,
+    taps: &'a [V; 9],
     bias: V,
-) -> [V; 8] {
-    let mut acc = [bias; 8];
-    let columns = (g - 1) * S + 3;
-    // SAFETY: the caller's.
-    unsafe {
-        for (ky, row) in rows.iter().enumerate() {
-            let base = row.add(offset);
-            let mut input = [V::zero(); MAX_COLUMNS];
-            for (i, input) in input[..columns].iter_mut().enumerate() {
-                *input = V::load(base.add(i * c));
+    activation: Activation,
+    out: *mut f32,
+}
+
+impl<V: F32x> Groups<'_, V> {
+    /// Pixels `ox..` in groups of `G` while a whole group ends by `end`; the next pixel.
+    ///
+    /// # Safety
+    /// As [`Row3x3`]'s: the CPU has `V`'s instructions, pixels before `end` are interior, and
+    /// `out` holds their outputs.
+    #[inline(always)]
+    unsafe fn sweep<const G: usize>(&self, mut ox: usize, end: usize) -> usize {
+        while ox + G <= end {
+            let offset = (ox * self.stride - self.pad_left) * self.c + self.cb;
+            // SAFETY: the caller's.
+            unsafe {
+                let acc = if self.stride == 1 {
+                    self.group::<1, G>(offset)
+                } else {
+                    self.group::<2, G>(offset)
+                };
+                for (j, acc) in acc.into_iter().enumerate() {
+                    self.activation
+                        .apply_lanes(acc)
+                        .store(self.out.add((ox + j) * self.c + self.cb));
+                }
             }
-            for kx in 0..3 {
-                for (j, acc) in acc[..g].iter_mut().enumerate() {
-                    *acc = input[j * S + kx].mul_add(taps[ky * 3 + kx], *acc);
+            ox += G;
+        }
+        ox
+    }
+
+    /// `G` neighbouring interior output pixels `S` input columns apart, the first reading from
+    /// `offset` in every row: each row's `(G - 1) S + 3` input columns are loaded once.
+    ///
+    /// # Safety
+    /// The CPU must have `V`'s instructions; every column read must lie in its row.
+    #[inline(always)]
+    unsafe fn group<const S: usize, const G: usize>(&self, offset: usize) -> [V; G] {
+        let mut acc = [self.bias; G];
+        let columns = (G - 1) * S + 3;
+        // SAFETY: the caller's.
+        unsafe {
+            for (ky, row) in self.rows.iter().enumerate() {
+                let base = row.add(offset);
+                let mut input = [V::zero(); MAX_COLUMNS];
+                for (i, input) in input[..columns].iter_mut().enumerate() {
+                    *input = V::load(base.add(i * self.c));
+                }
+                for kx in 0..3 {
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        *acc = input[j * S + kx].mul_add(self.taps[ky * 3 + kx], *acc);
+                    }
                 }
             }
         }
+        acc
     }
-    acc
 }
