@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One photo at a time, decode to top-5, side by side in one run: our classifier over HTTP
-(each photo POSTed as it is, the answer read back) against the same loop in Python with
+(each photo POSTed as it is on one kept-alive connection, the answer read back) against the same loop in Python with
 Pillow and ONNX Runtime (open, convert to RGB, resize and crop as the weights' config says,
 normalise, run, softmax, top-5), on the same weights and photos, the same thread count.
 
@@ -13,6 +13,7 @@ is taken within each round. Prints figures, asserts nothing.
 """
 
 import argparse
+import http.client
 import json
 import os
 import pathlib
@@ -20,9 +21,8 @@ import socket
 from statistics import median
 import subprocess
 import sys
-import threading
+import tempfile
 import time
-import urllib.request
 
 import numpy as np
 
@@ -35,32 +35,48 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_classifier(model_dir, threads):
+def start_classifier(model_dir, threads, log):
+    """The service, logging to the file `log`: a pipe would need a reader in this process,
+    woken by every request's log line while the client waits for the answer."""
     port = free_port()
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     process = subprocess.Popen(
         [str(ROOT / "target/release/classifier"), "serve", "--model", str(model_dir), "--host", "127.0.0.1",
          "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        stdout=log, stderr=subprocess.DEVNULL, env=env)
     kernels = "?"
-    for line in process.stdout:
-        fields = json.loads(line).get("fields", {})
-        if fields.get("message") == "cpu kernels":
-            kernels = fields["kernels"]
-        if fields.get("message") == "ready":
-            # The service logs every request: keep its pipe drained, or it stops writing.
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-            return process, f"http://127.0.0.1:{port}", kernels
+    deadline = time.monotonic() + 60
+    with open(log.name) as lines:
+        while time.monotonic() < deadline and process.poll() is None:
+            line = lines.readline()
+            if not line.endswith("\n"):
+                lines.seek(lines.tell() - len(line))
+                time.sleep(0.01)
+                continue
+            fields = json.loads(line).get("fields", {})
+            if fields.get("message") == "cpu kernels":
+                kernels = fields["kernels"]
+            if fields.get("message") == "ready":
+                return process, ("127.0.0.1", port), kernels
+    process.kill()
     raise SystemExit("the classifier did not start")
 
 
-def ours(base, photos):
+def ours(address, photos):
+    """One kept-alive connection, as an HTTP client library's session keeps it (a new TCP
+    connection per photo would add the client's connect and teardown to every answer)."""
     def run():
-        for photo in photos:
-            request = urllib.request.Request(f"{base}/v1/classify?top_k=5", data=photo,
-                                             headers={"Content-Type": "application/octet-stream"})
-            with urllib.request.urlopen(request) as answer:
+        connection = http.client.HTTPConnection(*address)
+        try:
+            for photo in photos:
+                connection.request("POST", "/v1/classify?top_k=5", body=photo,
+                                   headers={"Content-Type": "application/octet-stream"})
+                answer = connection.getresponse()
+                if answer.status != 200:
+                    raise SystemExit(f"the classifier answered {answer.status}: {answer.read()!r}")
                 json.load(answer)
+        finally:
+            connection.close()
     return run
 
 
@@ -110,10 +126,11 @@ def main():
     if not files:
         sys.exit(f"no photos under {args.photos}")
     photos = [p.read_bytes() for p in files]
-    process, base, kernels = start_classifier(args.model_dir, args.threads)
+    log = tempfile.NamedTemporaryFile(prefix="classifier-log-", suffix=".jsonl")
+    process, address, kernels = start_classifier(args.model_dir, args.threads, log)
     try:
         engines = {
-            f"classifier over HTTP (ours, {kernels})": ours(base, photos),
+            f"classifier over HTTP (ours, {kernels})": ours(address, photos),
             "Pillow + ONNX Runtime in Python": onnx_runtime_with_pillow(args.model_dir, photos, args.threads),
         }
         for run in engines.values():
@@ -127,6 +144,7 @@ def main():
     finally:
         process.terminate()
         process.wait()
+        log.close()
     print(f"MobileNetV2 {args.model_dir.name}, {len(photos)} photos one at a time, {args.threads} threads, "
           f"{args.rounds} rounds, medians")
     for name, rates in rounds.items():
