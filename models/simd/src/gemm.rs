@@ -1197,31 +1197,7 @@ mod whole_tile {
     use std::arch::x86_64::*;
 
     use super::{Tile, Weight};
-    use crate::{Avx2, Avx512, F32x};
-
-    /// The epilogue of an 8-row tile of `nv` vectors: activation, residual, store (the last
-    /// vector partial where the panel ends).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F; `tile`'s pointers must cover its reads and `out` its
-    /// writes (8 rows `tile.n` apart, `tile.columns` each).
-    #[inline(always)]
-    unsafe fn finish<W>(tile: &Tile<W>, acc: &[__m512], nv: usize, out: *mut f32) {
-        // SAFETY: the caller's.
-        unsafe {
-            for r in 0..8 {
-                for v in 0..nv {
-                    let columns = tile.columns.saturating_sub(16 * v).min(16);
-                    let at = r * tile.n + 16 * v;
-                    let mut value = tile.activation.apply_lanes(Avx512(acc[nv * r + v]));
-                    if let Some(residual) = tile.residual {
-                        value = value.add(Avx512::load_part(residual.add(at), columns));
-                    }
-                    value.store_part(out.add(at), columns);
-                }
-            }
-        }
-    }
+    use crate::{Avx2, Avx512};
 
     /// One 8-row tile in assembly: `load` fills the weight registers (`zmm24`.. for the
     /// `vectors` named in `weights`) from `[{w}]`, `weight_row_bytes` steps `{w}` to the next
@@ -1241,10 +1217,11 @@ mod whole_tile {
             $(#[$attr])*
             ///
             /// # Safety
-            /// As [`finish`]'s, with `tile.k > 0`, panels 48 columns wide (zero-padded) of
-            /// the weight type the loads read, and 8 rows.
+            /// The CPU must have AVX-512 F; `tile.k > 0`, 8 rows, panels 48 columns wide
+            /// (zero-padded) of the weight type the loads read; `tile`'s pointers must cover
+            /// its reads and `out` its writes (8 rows `tile.n` apart, `tile.columns` each).
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-            pub unsafe fn $name<W>(tile: &Tile<W>, out: *mut f32) {
+            pub unsafe fn $name<W: Weight>(tile: &Tile<W>, out: *mut f32) {
                 const VECTORS: usize = [$($w),+].len();
                 // SAFETY: the caller's contract covers every access; the assembly reads the 8
                 // rows of `k` activations and `k` rows of the panel's first columns, and
@@ -1301,12 +1278,11 @@ mod whole_tile {
                         out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
                         options(nostack, readonly),
                     );
-                    finish(
-                        tile,
-                        &[$($r0,)+ $($r1,)+ $($r2,)+ $($r3,)+ $($r4,)+ $($r5,)+ $($r6,)+ $($r7,)+],
-                        VECTORS,
-                        out,
-                    );
+                    let sums = [
+                        [$(Avx512($r0)),+], [$(Avx512($r1)),+], [$(Avx512($r2)),+], [$(Avx512($r3)),+],
+                        [$(Avx512($r4)),+], [$(Avx512($r5)),+], [$(Avx512($r6)),+], [$(Avx512($r7)),+],
+                    ];
+                    tile.epilogue::<Avx512, 8, VECTORS>(sums, out);
                 }
             }
         };
