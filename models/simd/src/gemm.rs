@@ -830,17 +830,43 @@ impl<W: Weight> Tile<W> {
                 }
                 w = w.add(panel_vectors(V::LANES) * V::LANES);
             }
-            self.epilogue(acc, out);
+            self.epilogue().store(acc, out);
         }
     }
 
-    /// Activation, residual and store of a tile's sums. The activation and the residual's
-    /// presence are constants of each arm, so that the stores carry no branch per vector.
+    /// How this tile's sums become its output.
+    #[inline(always)]
+    fn epilogue(&self) -> Epilogue {
+        Epilogue {
+            activation: self.activation,
+            residual: self.residual,
+            n: self.n,
+            columns: self.columns,
+        }
+    }
+}
+
+/// How a tile's sums become its output: the activation, the residual added after it (at the
+/// tile's first row and column), the output's row length and the columns the tile writes.
+/// Every tile kernel, f32 or bf16, generic or in assembly, ends here.
+#[derive(Clone, Copy)]
+struct Epilogue {
+    activation: Activation,
+    residual: Option<*const f32>,
+    n: usize,
+    columns: usize,
+}
+
+impl Epilogue {
+    /// Activation, residual and store of a tile's sums into `out` (its first row and column).
+    /// The activation and the residual's presence are constants of each arm, so that the
+    /// stores carry no branch per vector.
     ///
     /// # Safety
-    /// As [`Tile::compute`]'s.
+    /// The CPU must have `V`'s instructions; the residual must cover `R` rows of the columns,
+    /// and `out` their writes.
     #[inline(always)]
-    unsafe fn epilogue<V: F32x, const R: usize, const NV: usize>(&self, acc: [[V; NV]; R], out: *mut f32) {
+    unsafe fn store<V: F32x, const R: usize, const NV: usize>(self, acc: [[V; NV]; R], out: *mut f32) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match (self.activation, self.residual) {
@@ -852,16 +878,16 @@ impl<W: Weight> Tile<W> {
         }
     }
 
-    /// The stores of [`Tile::epilogue`]: activation, residual, store; whole vectors with plain
-    /// stores, a partial one (at the end of the last panel) with a masked one. The sums come
-    /// by value: lent by reference, they had an address, and LLVM then kept them in memory
-    /// through the loop over the inputs, storing every sum at every step.
+    /// The stores of [`Epilogue::store`]: activation, residual, store; whole vectors with
+    /// plain stores, a partial one (at the end of the last panel) with a masked one. The sums
+    /// come by value: lent by reference, they had an address, and LLVM then kept them in
+    /// memory through the loop over the inputs, storing every sum at every step.
     ///
     /// # Safety
-    /// As [`Tile::compute`]'s.
+    /// As [`Epilogue::store`]'s.
     #[inline(always)]
     unsafe fn finish<V: F32x, const R: usize, const NV: usize>(
-        &self,
+        self,
         acc: [[V; NV]; R],
         activation: Activation,
         residual: Option<*const f32>,
@@ -903,8 +929,8 @@ mod pairs {
 
     use half::bf16;
 
-    use super::{panel_vectors, tile_rows, Activation, Output, Weight, Weights};
-    use crate::{Avx512, F32x};
+    use super::{panel_vectors, tile_rows, Activation, Epilogue, Output, Weight, Weights};
+    use crate::Avx512;
 
     /// `a` (rows, k) as words of two bf16, inputs `2i` (low half) and `2i + 1`, the last
     /// one zero for an odd `k`: (rows, ceil(k / 2)), rows in parallel. (In memory the words
@@ -1011,6 +1037,17 @@ mod pairs {
     }
 
     impl PairTile {
+        /// How this tile's sums become its output.
+        #[inline(always)]
+        fn epilogue(&self) -> Epilogue {
+            Epilogue {
+                activation: self.activation,
+                residual: self.residual,
+                n: self.n,
+                columns: self.columns,
+            }
+        }
+
         #[inline(always)]
         unsafe fn compute(&self, out: *mut f32) {
             if self.rows == 8 && self.columns == 48 && self.pairs > 0 {
@@ -1122,20 +1159,18 @@ mod pairs {
                     out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
                     options(nostack, readonly),
                 );
-                let acc = [
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
-                    a20, a21, a22, a23,
+                let sums = [
+                    [a0, a1, a2],
+                    [a3, a4, a5],
+                    [a6, a7, a8],
+                    [a9, a10, a11],
+                    [a12, a13, a14],
+                    [a15, a16, a17],
+                    [a18, a19, a20],
+                    [a21, a22, a23],
                 ];
-                for r in 0..8 {
-                    for v in 0..3 {
-                        let at = r * self.n + 16 * v;
-                        let mut value = self.activation.apply_lanes(Avx512(acc[3 * r + v]));
-                        if let Some(residual) = self.residual {
-                            value = value.add(Avx512::load(residual.add(at)));
-                        }
-                        value.store(out.add(at));
-                    }
-                }
+                self.epilogue()
+                    .store::<Avx512, 8, 3>(sums.map(|row| row.map(Avx512)), out);
             }
         }
 
@@ -1168,17 +1203,7 @@ mod pairs {
                     }
                     w = w.add(48);
                 }
-                for (r, row) in acc.iter().enumerate() {
-                    for (v, &sum) in row.iter().enumerate() {
-                        let columns = self.columns.saturating_sub(16 * v).min(16);
-                        let at = r * self.n + 16 * v;
-                        let mut value = self.activation.apply_lanes(Avx512(sum));
-                        if let Some(residual) = self.residual {
-                            value = value.add(Avx512::load_part(residual.add(at), columns));
-                        }
-                        value.store_part(out.add(at), columns);
-                    }
-                }
+                self.epilogue().store(acc.map(|row| row.map(Avx512)), out);
             }
         }
     }
@@ -1282,7 +1307,7 @@ mod whole_tile {
                         [$(Avx512($r0)),+], [$(Avx512($r1)),+], [$(Avx512($r2)),+], [$(Avx512($r3)),+],
                         [$(Avx512($r4)),+], [$(Avx512($r5)),+], [$(Avx512($r6)),+], [$(Avx512($r7)),+],
                     ];
-                    tile.epilogue::<Avx512, 8, VECTORS>(sums, out);
+                    tile.epilogue().store::<Avx512, 8, VECTORS>(sums, out);
                 }
             }
         };
@@ -1363,7 +1388,7 @@ mod whole_tile {
                         [Avx2(s8), Avx2(s9)],
                         [Avx2(s10), Avx2(s11)],
                     ];
-                    tile.epilogue::<Avx2, 6, 2>(sums, out);
+                    tile.epilogue().store::<Avx2, 6, 2>(sums, out);
                 }
             }
         };
