@@ -193,7 +193,8 @@ fn offline_without_cache_fails_with_exit_2_and_one_line() {
 
 #[test]
 fn missing_file_fails_with_exit_2_and_one_line() {
-    let hub = FakeHub::serve(common::temp_dir("hub-empty-repo"));
+    let empty_repo = common::temp_dir("hub-empty-repo");
+    let hub = FakeHub::serve(empty_repo.to_path_buf());
     let hf_home = common::temp_dir("hub-missing");
     let output = predict(&hub, &hf_home, REPO, &[]);
     assert_eq!(output.status.code(), Some(2));

@@ -84,7 +84,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 /// The first `per_class` photos of each flowers5 class, linked into a fresh folder of the same
 /// layout, with a file that is no image beside them (as `flower_photos/LICENSE.txt`).
-fn few_flowers(flowers: &Path, per_class: usize) -> (PathBuf, usize) {
+fn few_flowers(flowers: &Path, per_class: usize) -> (common::TempDir, usize) {
     let dir = common::temp_dir("few-flowers");
     let mut count = 0;
     for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{get, post, Server};
@@ -35,7 +35,7 @@ const CLASSES: [(&str, [u8; 3]); 3] = [
 ];
 
 /// `per_class` pictures of each colour, one folder per class.
-fn dataset(name: &str, per_class: u32) -> PathBuf {
+fn dataset(name: &str, per_class: u32) -> common::TempDir {
     let dir = common::temp_dir(name);
     for (class, colour) in CLASSES {
         std::fs::create_dir_all(dir.join(class)).unwrap();
@@ -262,16 +262,16 @@ fn bad_data_folders_fail_with_exit_code_2() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
     for (data, expected) in [
-        (no_classes, "has no class sub-folders"),
-        (single, "has a single class, `red`"),
-        (empty_class, "class folder `green` has no images"),
-        (unreadable_class, "no readable images in class folder(s): blue"),
+        (&*no_classes, "has no class sub-folders"),
+        (&single, "has a single class, `red`"),
+        (&empty_class, "class folder `green` has no images"),
+        (&unreadable_class, "no readable images in class folder(s): blue"),
         (
-            PathBuf::from("/nonexistent/flowers"),
+            Path::new("/nonexistent/flowers"),
             "cannot read /nonexistent/flowers",
         ),
     ] {
-        let output = train(&data, &out, &[]);
+        let output = train(data, &out, &[]);
         assert_eq!(
             output.status.code(),
             Some(2),

@@ -38,15 +38,46 @@ pub fn shared_data(rel: &str) -> Option<PathBuf> {
     }
 }
 
-/// A fresh empty directory under the system temp directory.
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh empty directory under the system temp directory, removed with what it holds when
+/// dropped: test runs would otherwise leave their models and datasets behind.
+pub fn temp_dir(name: &str) -> TempDir {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     let dir = std::env::temp_dir().join(format!("service-test-{name}-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
+}
+
+/// A directory of [`temp_dir`]'s; its path through `Deref`.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A running `<binary> serve`, killed when dropped.
@@ -375,7 +406,7 @@ pub fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> (
 /// by name: cut in half, overwritten with noise, a tensor's shape transposed, a tensor's dtype
 /// changed to I32 (the same size, so only the dtype is wrong), the first tensor renamed (so the
 /// model misses it); and the name of the tensor changed where there is one.
-pub fn broken_weights(fixture: &Path) -> Vec<(&'static str, PathBuf, Option<String>)> {
+pub fn broken_weights(fixture: &Path) -> Vec<(&'static str, TempDir, Option<String>)> {
     let weights = std::fs::read(fixture.join("model.safetensors")).unwrap();
     let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
     let header: serde_json::Map<String, Value> = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
@@ -697,7 +728,8 @@ impl LambdaFunction {
 
     /// Invokes the function with `event` through `cargo lambda invoke`; answers its response.
     pub fn invoke(&self, event: &Value) -> Value {
-        let file = temp_dir("lambda-event").join("event.json");
+        let dir = temp_dir("lambda-event");
+        let file = dir.join("event.json");
         std::fs::write(&file, event.to_string()).unwrap();
         let output = Command::new(&self.cargo_lambda)
             .args([
@@ -833,7 +865,8 @@ pub fn drive_playground(server: &Server, service: &str, args: &[&str]) -> Option
         eprintln!("skipped: PLAYGROUND_TEST_PYTHON is not set (.ci/run sets it to a Python with Playwright)");
         return None;
     };
-    let screenshot = temp_dir("playground").join(format!("{service}.png"));
+    let screenshot_dir = temp_dir("playground");
+    let screenshot = screenshot_dir.join(format!("{service}.png"));
     let screenshot_arg = screenshot.to_str().expect("a UTF-8 temporary path");
     let mut with_screenshot = args.to_vec();
     with_screenshot.extend(["--screenshot", screenshot_arg]);
