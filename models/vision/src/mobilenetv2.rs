@@ -180,6 +180,17 @@ impl MobileNetV2 {
     /// measured slower per image when the blocks ran layer by layer; in strips they measure
     /// the same).
     pub fn features(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        self.features_then(images, Tensor::clone)
+    }
+
+    /// `then` of the pooled features of `images` ([`MobileNetV2::features`]), run on the
+    /// threads of the pass (a lone image's on its team): the classifier's product after the
+    /// pass would otherwise wake the pool's workers once more, from a thread outside it.
+    pub fn features_then<R: Send>(
+        &self,
+        images: &Tensor,
+        then: impl FnOnce(&Tensor) -> R + Send,
+    ) -> candle_core::Result<R> {
         // On a rayon worker, each layer's parallel loop starts inside the pool; from outside,
         // every one of the 60 layers would put this thread to sleep and wake it again, and the
         // scheduler's share of a batch-1 pass was twice what it is this way. A lone image's
@@ -188,13 +199,16 @@ impl MobileNetV2 {
         rayon::scope(|_| {
             let batch = images.dim(0)?;
             if batch == 1 {
-                return team::with_team(|| self.features_of_pass(images, rayon::current_num_threads()));
+                return team::with_team(|| {
+                    let features = self.features_of_pass(images, rayon::current_num_threads())?;
+                    Ok(then(&features))
+                });
             }
             let features = (0..batch)
                 .into_par_iter()
                 .map(|n| self.features_of_pass(&images.narrow(0, n, 1)?, 1))
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&features, 0)
+            Ok(then(&Tensor::cat(&features, 0)?))
         })
     }
 
@@ -211,8 +225,7 @@ impl MobileNetV2 {
 
     /// Logits (batch, classes) of normalised images (batch, height, width, 3).
     pub fn logits(&self, images: &Tensor) -> Result<Tensor, VisionError> {
-        let features = self.features(images)?;
-        self.classify_features(&features)
+        self.features_then(images, |features| self.classify_features(features))?
     }
 
     /// Logits (batch, classes) of pooled features (batch, feature_dim).

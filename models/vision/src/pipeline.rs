@@ -129,12 +129,14 @@ impl ImageClassifier {
     /// Runs the network once over a batch: pooled features and, when there is a head or the
     /// model has a classifier, class probabilities (softmax of the logits), one entry per image.
     pub fn infer<I: AsRef<[f32]>>(&self, images: &[I]) -> Result<Vec<ImageOutput>, VisionError> {
-        let features = self.model.features(&self.batch(images)?)?;
-        let logits = match (&self.head, self.model.num_classes()) {
-            (Some(head), _) => Some(head.logits(&features)?),
-            (None, Some(_)) => Some(self.model.classify_features(&features)?),
-            (None, None) => None,
-        };
+        let (features, logits) = self.model.features_then(&self.batch(images)?, |features| {
+            let logits = match (&self.head, self.model.num_classes()) {
+                (Some(head), _) => Some(head.logits(features)?),
+                (None, Some(_)) => Some(self.model.classify_features(features)?),
+                (None, None) => None,
+            };
+            Ok::<_, VisionError>((features.clone(), logits))
+        })??;
         let probabilities = match logits {
             Some(logits) => logits
                 .to_vec2::<f32>()?
