@@ -636,10 +636,12 @@ impl<W: Weight> Kernel for Task<'_, W> {
                     rows: tile.min(rows.end - start),
                     panel: weights.as_ptr(),
                     bias: bias.as_ptr(),
-                    columns,
-                    activation,
-                    residual: residual.map(|r| r[start * n + first..].as_ptr()),
-                    n,
+                    epilogue: Epilogue {
+                        activation,
+                        residual: residual.map(|r| r[start * n + first..].as_ptr()),
+                        n,
+                        columns,
+                    },
                     prefetch: if fetching {
                         next.wrapping_add(t * k * 64)
                     } else {
@@ -723,12 +725,8 @@ struct Tile<W> {
     panel: *const W,
     /// The panel's bias: whole vectors for the panel's columns.
     bias: *const f32,
-    /// Valid columns of the panel (all but in the last panel).
-    columns: usize,
-    activation: Activation,
-    /// The residual at the tile's first row and column; rows are `n` apart.
-    residual: Option<*const f32>,
-    n: usize,
+    /// How the sums are stored, into the panel's valid columns (all but in the last panel).
+    epilogue: Epilogue,
     /// A stretch of the task's next panel that the tile asks the caches for as it goes, one
     /// cache line per step (`prefetch_step` 64 bytes; 0 where the tile has none to fetch):
     /// a packed panel comes from memory once per task, and fetched ahead it arrives while the
@@ -767,7 +765,7 @@ impl<W: Weight> Tile<W> {
             // the weights are f32 or bf16 as `IS_F32` says; panels are 48 columns wide, zero
             // past the matrix; the rest is the caller's.
             unsafe {
-                match (W::IS_F32, self.columns) {
+                match (W::IS_F32, self.epilogue.columns) {
                     (true, 33..) => whole_tile::avx512_8x48(self, out),
                     (true, 17..=32) => whole_tile::avx512_8x32(self, out),
                     (true, _) => whole_tile::avx512_8x16(self, out),
@@ -779,7 +777,7 @@ impl<W: Weight> Tile<W> {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if V::LEVEL == Level::Avx2 && self.rows == 6 && self.columns > 8 && self.k > 0 {
+        if V::LEVEL == Level::Avx2 && self.rows == 6 && self.epilogue.columns > 8 && self.k > 0 {
             // SAFETY: `V` is AVX2's vector, so the CPU has AVX2 and FMA (the trait's
             // contract); panels are 16 columns wide, zero past the matrix; the rest is the
             // caller's.
@@ -794,9 +792,9 @@ impl<W: Weight> Tile<W> {
         }
         // SAFETY: forwarded from the caller.
         unsafe {
-            if self.columns > 2 * V::LANES {
+            if self.epilogue.columns > 2 * V::LANES {
                 rows!(3)
-            } else if self.columns > V::LANES {
+            } else if self.epilogue.columns > V::LANES {
                 rows!(2)
             } else {
                 rows!(1)
@@ -830,18 +828,7 @@ impl<W: Weight> Tile<W> {
                 }
                 w = w.add(panel_vectors(V::LANES) * V::LANES);
             }
-            self.epilogue().store(acc, out);
-        }
-    }
-
-    /// How this tile's sums become its output.
-    #[inline(always)]
-    fn epilogue(&self) -> Epilogue {
-        Epilogue {
-            activation: self.activation,
-            residual: self.residual,
-            n: self.n,
-            columns: self.columns,
+            self.epilogue.store(acc, out);
         }
     }
 }
@@ -1002,16 +989,21 @@ mod pairs {
                 rows: 0,
                 panel: w.panels[p * panel_len..][..panel_len].as_ptr().cast::<u32>(),
                 bias: w.bias[first..][..panel].as_ptr(),
-                columns: panel.min(n - first),
-                activation,
-                residual: None,
-                n,
+                epilogue: Epilogue {
+                    activation,
+                    residual: None,
+                    n,
+                    columns: panel.min(n - first),
+                },
             };
             for start in rows.clone().step_by(tile_rows(16)) {
                 let tile = PairTile {
                     a: a16[start * pairs..].as_ptr(),
                     rows: tile_rows(16).min(rows.end - start),
-                    residual: residual.map(|r| r[start * n + first..].as_ptr()),
+                    epilogue: Epilogue {
+                        residual: residual.map(|r| r[start * n + first..].as_ptr()),
+                        ..tile.epilogue
+                    },
                     ..tile
                 };
                 // SAFETY: the caller's level and rows; the reads lie in the slices above.
@@ -1030,27 +1022,13 @@ mod pairs {
         /// The panel: per pair of inputs, 48 columns of two bf16 (a word each).
         panel: *const u32,
         bias: *const f32,
-        columns: usize,
-        activation: Activation,
-        residual: Option<*const f32>,
-        n: usize,
+        epilogue: Epilogue,
     }
 
     impl PairTile {
-        /// How this tile's sums become its output.
-        #[inline(always)]
-        fn epilogue(&self) -> Epilogue {
-            Epilogue {
-                activation: self.activation,
-                residual: self.residual,
-                n: self.n,
-                columns: self.columns,
-            }
-        }
-
         #[inline(always)]
         unsafe fn compute(&self, out: *mut f32) {
-            if self.rows == 8 && self.columns == 48 && self.pairs > 0 {
+            if self.rows == 8 && self.epilogue.columns == 48 && self.pairs > 0 {
                 // SAFETY: forwarded from the caller.
                 unsafe { self.whole(out) };
                 return;
@@ -1071,9 +1049,9 @@ mod pairs {
             }
             // SAFETY: forwarded from the caller.
             unsafe {
-                if self.columns > 32 {
+                if self.epilogue.columns > 32 {
                     rows!(3)
-                } else if self.columns > 16 {
+                } else if self.epilogue.columns > 16 {
                     rows!(2)
                 } else {
                     rows!(1)
@@ -1169,7 +1147,7 @@ mod pairs {
                     [a18, a19, a20],
                     [a21, a22, a23],
                 ];
-                self.epilogue()
+                self.epilogue
                     .store::<Avx512, 8, 3>(sums.map(|row| row.map(Avx512)), out);
             }
         }
@@ -1203,7 +1181,7 @@ mod pairs {
                     }
                     w = w.add(48);
                 }
-                self.epilogue().store(acc.map(|row| row.map(Avx512)), out);
+                self.epilogue.store(acc.map(|row| row.map(Avx512)), out);
             }
         }
     }
@@ -1244,7 +1222,7 @@ mod whole_tile {
             /// # Safety
             /// The CPU must have AVX-512 F; `tile.k > 0`, 8 rows, panels 48 columns wide
             /// (zero-padded) of the weight type the loads read; `tile`'s pointers must cover
-            /// its reads and `out` its writes (8 rows `tile.n` apart, `tile.columns` each).
+            /// its reads and `out` its writes (8 rows `tile.epilogue.n` apart, `tile.epilogue.columns` each).
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
             pub unsafe fn $name<W: Weight>(tile: &Tile<W>, out: *mut f32) {
                 const VECTORS: usize = [$($w),+].len();
@@ -1307,7 +1285,7 @@ mod whole_tile {
                         [$(Avx512($r0)),+], [$(Avx512($r1)),+], [$(Avx512($r2)),+], [$(Avx512($r3)),+],
                         [$(Avx512($r4)),+], [$(Avx512($r5)),+], [$(Avx512($r6)),+], [$(Avx512($r7)),+],
                     ];
-                    tile.epilogue().store::<Avx512, 8, VECTORS>(sums, out);
+                    tile.epilogue.store::<Avx512, 8, VECTORS>(sums, out);
                 }
             }
         };
@@ -1327,7 +1305,7 @@ mod whole_tile {
             /// # Safety
             /// The CPU must have AVX2 and FMA; `tile.k > 0`, 6 rows, panels 16 columns wide
             /// (zero-padded) of the weight type the loads read; `tile`'s pointers must cover
-            /// its reads and `out` its writes (6 rows `tile.n` apart, `tile.columns` each).
+            /// its reads and `out` its writes (6 rows `tile.epilogue.n` apart, `tile.epilogue.columns` each).
             #[target_feature(enable = "avx2,fma")]
             pub unsafe fn $name<W: Weight>(tile: &Tile<W>, out: *mut f32) {
                 // SAFETY: the caller's contract covers every access; the assembly reads the 6
@@ -1388,7 +1366,7 @@ mod whole_tile {
                         [Avx2(s8), Avx2(s9)],
                         [Avx2(s10), Avx2(s11)],
                     ];
-                    tile.epilogue().store::<Avx2, 6, 2>(sums, out);
+                    tile.epilogue.store::<Avx2, 6, 2>(sums, out);
                 }
             }
         };
