@@ -200,6 +200,13 @@ fn image_intake(c: &mut Criterion) {
         b.iter(|| decode_image(&bytes, DecodeLimits::default()).expect("decode"))
     });
     group.bench_function("preprocess_224", |b| b.iter(|| preprocessing.apply(&image)));
+    // A phone-sized photo through timm's transform (shorter side to 256, centre crop 224).
+    let photo = image::imageops::resize(&image, 1600, 1200, image::imageops::FilterType::Triangle);
+    let timm = vision::Preprocessing {
+        crop_pct: 0.875,
+        ..preprocessing.clone()
+    };
+    group.bench_function("preprocess_224_from_1600x1200", |b| b.iter(|| timm.apply(&photo)));
     group.finish();
 }
 

@@ -59,9 +59,8 @@ fn main() -> anyhow::Result<()> {
     // once untimed, then the median of `--repeats` runs.
     let prefill_once = || -> anyhow::Result<(KvCache, u32)> {
         let mut cache = KvCache::default();
-        let hidden = model.forward(&prompt, &mut cache)?;
-        let last = hidden.narrow(0, args.prompt - 1, 1)?;
-        Ok((cache, model.logits(&last)?.get(0)?.argmax(0)?.to_scalar::<u32>()?))
+        let logits = model.next_logits(&prompt, &mut cache)?;
+        Ok((cache, logits.get(0)?.argmax(0)?.to_scalar::<u32>()?))
     };
     let (mut cache, mut next) = prefill_once()?;
     let mut prefills = Vec::with_capacity(args.repeats);
@@ -74,8 +73,11 @@ fn main() -> anyhow::Result<()> {
     let prefill = prefills[prefills.len() / 2];
     let start = Instant::now();
     for _ in 0..args.tokens {
-        let hidden = model.forward(&[next], &mut cache)?;
-        next = model.logits(&hidden)?.get(0)?.argmax(0)?.to_scalar::<u32>()?;
+        next = model
+            .next_logits(&[next], &mut cache)?
+            .get(0)?
+            .argmax(0)?
+            .to_scalar::<u32>()?;
     }
     let decode = start.elapsed().as_secs_f64();
     let tokens_per_s = args.tokens as f64 / decode;

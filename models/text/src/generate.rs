@@ -120,12 +120,11 @@ impl<'a> Generation<'a> {
         options: GenerateOptions,
     ) -> Result<(Self, Vec<TokenLogprob>), TextError> {
         let mut generation = Self::new(model, tokenizer, prompt.to_vec(), options)?;
-        let hidden = model.forward(prompt, &mut generation.cache)?;
-        let scored = match generation.scores_prompt() {
-            true => hidden,
-            false => hidden.narrow(0, prompt.len() - 1, 1)?,
-        };
-        let rows = model.logits(&scored)?.to_vec2()?;
+        let rows = match generation.scores_prompt() {
+            true => model.logits(&model.forward(prompt, &mut generation.cache)?)?,
+            false => model.next_logits(prompt, &mut generation.cache)?,
+        }
+        .to_vec2()?;
         let logprobs = generation.prompt_read(prompt.len(), rows).unwrap_or_default();
         Ok((generation, logprobs))
     }
@@ -219,8 +218,11 @@ impl<'a> Generation<'a> {
     fn step(&mut self) -> Result<Step, TextError> {
         let (step, next) = self.advance();
         if let Some(token) = next {
-            let hidden = self.model.forward(&[token], &mut self.cache)?;
-            self.logits = self.model.logits(&hidden)?.squeeze(0)?.to_vec1()?;
+            self.logits = self
+                .model
+                .next_logits(&[token], &mut self.cache)?
+                .squeeze(0)?
+                .to_vec1()?;
         }
         Ok(step)
     }

@@ -240,6 +240,17 @@ impl Gpt2 {
         self.extend_batch(&[tokens], &mut [cache])
     }
 
+    /// The next-token logits (1, vocab) after `tokens`, which follow what `cache` holds,
+    /// extending it: [`Gpt2::forward`], then [`Gpt2::logits`] of its last row, in one region of
+    /// the compute pool (a decode step that entered it twice would wake its workers twice).
+    pub fn next_logits(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, TextError> {
+        let mut caches = [Some(cache)];
+        on_compute_pool(tokens.len(), || {
+            let hidden = self.extend_batch_on_pool(&[tokens], &mut caches)?;
+            self.logits(&hidden.narrow(0, hidden.dim(0)? - 1, 1)?)
+        })
+    }
+
     /// Runs independent sequences as one batch and answers each one's final hidden states
     /// (len, n_embd; none for an empty sequence), as [`Gpt2::forward`] would from an empty
     /// cache. The dense layers see every sequence's rows at once, which keeps the matrix
@@ -298,8 +309,14 @@ impl Gpt2 {
             .iter_mut()
             .map(|piece| piece.cache.as_deref_mut())
             .collect();
-        let hidden = on_compute_pool(offset, || self.extend_batch_on_pool(&inputs, &mut caches))?;
-        let mut logits = self.logits_of_rows(&hidden, &wanted)?.into_iter();
+        // The head runs in the same region of the pool as the layers, for the reason
+        // [`Gpt2::next_logits`] gives.
+        let (hidden, logits) = on_compute_pool(offset, || {
+            let hidden = self.extend_batch_on_pool(&inputs, &mut caches)?;
+            let logits = self.logits_of_rows(&hidden, &wanted)?;
+            Ok::<_, TextError>((hidden, logits))
+        })?;
+        let mut logits = logits.into_iter();
         let mut offset = 0;
         pieces
             .iter()

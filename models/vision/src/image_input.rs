@@ -11,7 +11,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::config::Preprocessing;
-use crate::resample::{self, Filter};
+use crate::resample::{self, Filter, Window};
 use crate::VisionError;
 
 /// Limits checked before decoding.
@@ -143,28 +143,22 @@ impl Preprocessing {
                 ((scale as f64 * w as f64 / h as f64) as usize, scale)
             }
         };
-        let resized;
-        let source = if (resize_w, resize_h) == (w, h) {
-            image
-        } else {
-            resized = resample::resize(image, resize_w as u32, resize_h as u32, filter);
-            &resized
+        let window = Window {
+            left: centred_offset(resize_w, out_w),
+            top: centred_offset(resize_h, out_h),
+            width: out_w,
+            height: out_h,
         };
-        let top = centred_offset(resize_h, out_h);
-        let left = centred_offset(resize_w, out_w);
+        let cropped = resample::resize_window(image, (resize_w as u32, resize_h as u32), filter, window);
         // One table per channel: normalising is then a lookup per value.
         let table: [[f32; 256]; 3] = std::array::from_fn(|c| {
             let (scale, shift) = (1.0 / (255.0 * self.std[c]), self.mean[c] / self.std[c]);
             std::array::from_fn(|level| level as f32 * scale - shift)
         });
-        let stride = source.width() as usize * 3;
         let mut out = vec![0f32; out_h * out_w * 3];
-        for (y, row) in (top..).zip(out.chunks_exact_mut(out_w * 3)) {
-            let pixels = &source.as_raw()[y * stride + left * 3..][..out_w * 3];
-            for (values, levels) in row.chunks_exact_mut(3).zip(pixels.chunks_exact(3)) {
-                for c in 0..3 {
-                    values[c] = table[c][usize::from(levels[c])];
-                }
+        for (values, levels) in out.chunks_exact_mut(3).zip(cropped.as_raw().chunks_exact(3)) {
+            for c in 0..3 {
+                values[c] = table[c][usize::from(levels[c])];
             }
         }
         out

@@ -4,6 +4,8 @@
 //! fixed-point coefficients with 22 fractional bits, a horizontal pass rounded to 8 bits, then
 //! a vertical pass. Matching it exactly keeps the model's inputs identical to the reference's.
 
+use std::ops::Range;
+
 use image::RgbImage;
 use rayon::prelude::*;
 
@@ -100,21 +102,54 @@ const ROUND: i32 = 1 << (PRECISION_BITS - 1);
 /// between the threads halve a lone request's resize; a small image stays one or two tasks.
 const ROWS_PER_TASK: usize = 64;
 
-/// Resamples each row of an RGB image (`width` x `height`) to `out_w` pixels.
-fn horizontal_pass(src: &[u8], (width, height): (usize, usize), out_w: usize, c: &Coefficients) -> Vec<u8> {
-    let mut out = vec![0u8; out_w * height * 3];
-    let rows = src
-        .par_chunks_exact(width * 3)
-        .zip(out.par_chunks_exact_mut(out_w * 3));
-    rows.with_min_len(ROWS_PER_TASK).for_each(|(src_row, out_row)| {
-        for (x, dst) in out_row.chunks_exact_mut(3).enumerate() {
+/// Where a pass reads its input: `pixels` holds rows of `stride` bytes; the pixel at input
+/// index (`x`, `y`) of the whole image is at row `y - origin.1`, column `x - origin.0`.
+#[derive(Clone, Copy)]
+struct Plane<'a> {
+    pixels: &'a [u8],
+    stride: usize,
+    origin: (usize, usize),
+}
+
+impl<'a> Plane<'a> {
+    /// Input row `y` from the plane's first column to the end of the pixels.
+    fn row(&self, y: usize) -> &'a [u8] {
+        &self.pixels[(y - self.origin.1) * self.stride..]
+    }
+
+    /// The same pixels, read from input row `y` on.
+    fn rows_from(self, y: usize) -> Self {
+        Self {
+            pixels: self.row(y),
+            origin: (self.origin.0, y),
+            ..self
+        }
+    }
+
+    /// The same pixels, read from input column `x` on.
+    fn columns_from(self, x: usize) -> Self {
+        Self {
+            pixels: &self.pixels[(x - self.origin.0) * 3..],
+            origin: (x, self.origin.1),
+            ..self
+        }
+    }
+}
+
+/// Resamples `rows` rows of `src` horizontally: output columns `columns` of `c`, each row.
+fn horizontal_pass(src: Plane, rows: usize, c: &Coefficients, columns: Range<usize>) -> Vec<u8> {
+    let out_len = columns.len() * 3;
+    let mut out = vec![0u8; out_len * rows];
+    let first_row = src.origin.1;
+    let rows = out.par_chunks_exact_mut(out_len).enumerate();
+    rows.with_min_len(ROWS_PER_TASK).for_each(|(y, out_row)| {
+        let src_row = src.row(first_row + y);
+        for (x, dst) in columns.clone().zip(out_row.chunks_exact_mut(3)) {
             let (min, count) = c.taps[x];
             let weights = &c.weights[x * c.kernel_size..][..count];
             let mut sums = [ROUND; 3];
-            for (&w, pixel) in weights
-                .iter()
-                .zip(src_row[min * 3..][..count * 3].chunks_exact(3))
-            {
+            let pixels = src_row[(min - src.origin.0) * 3..][..count * 3].chunks_exact(3);
+            for (&w, pixel) in weights.iter().zip(pixels) {
                 for (sum, &v) in sums.iter_mut().zip(pixel) {
                     *sum += i32::from(v) * w;
                 }
@@ -127,21 +162,24 @@ fn horizontal_pass(src: &[u8], (width, height): (usize, usize), out_w: usize, c:
     out
 }
 
-/// Resamples each column of an RGB image (`width` x `height`) to `out_h` pixels: every output
-/// row is a weighted sum of whole input rows, a loop the compiler vectorises. Integer sums do
-/// not depend on their order, so this is Pillow's result exactly.
-fn vertical_pass(src: &[u8], (width, height): (usize, usize), out_h: usize, c: &Coefficients) -> Vec<u8> {
+/// Resamples `src` vertically, `width` pixels from its first column: output rows `rows` of
+/// `c`. Every output row is a weighted sum of whole input rows, a loop the compiler
+/// vectorises; integer sums do not depend on their order, so this is Pillow's result exactly.
+fn vertical_pass(src: Plane, width: usize, c: &Coefficients, rows: Range<usize>) -> Vec<u8> {
     let row_len = width * 3;
-    debug_assert_eq!(src.len(), row_len * height);
-    let mut out = vec![0u8; row_len * out_h];
+    let mut out = vec![0u8; row_len * rows.len()];
+    let first = rows.start;
     let rows = out.par_chunks_exact_mut(row_len).enumerate();
     rows.with_min_len(ROWS_PER_TASK).for_each_init(
         || vec![0i32; row_len],
         |sums, (y, out_row)| {
-            let (min, count) = c.taps[y];
+            let (min, count) = c.taps[first + y];
             sums.fill(ROUND);
-            for (i, &w) in c.weights[y * c.kernel_size..][..count].iter().enumerate() {
-                for (sum, &v) in sums.iter_mut().zip(&src[(min + i) * row_len..][..row_len]) {
+            for (i, &w) in c.weights[(first + y) * c.kernel_size..][..count]
+                .iter()
+                .enumerate()
+            {
+                for (sum, &v) in sums.iter_mut().zip(&src.row(min + i)[..row_len]) {
                     *sum += i32::from(v) * w;
                 }
             }
@@ -153,40 +191,128 @@ fn vertical_pass(src: &[u8], (width, height): (usize, usize), out_h: usize, c: &
     out
 }
 
-/// Resizes like Pillow's `image.resize((width, height), filter)`.
-pub fn resize(image: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
-    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
-    let (out_w, out_h) = (width as usize, height as usize);
-    if filter == Filter::Nearest {
-        return nearest(image, width, height);
-    }
-    // Pillow runs first the pass that leaves the smaller intermediate image (ties: horizontal).
-    let horizontal = |pixels: &[u8], rows: usize| {
-        horizontal_pass(pixels, (in_w, rows), out_w, &coefficients(in_w, out_w, filter))
-    };
-    let vertical = |pixels: &[u8], columns: usize| {
-        vertical_pass(pixels, (columns, in_h), out_h, &coefficients(in_h, out_h, filter))
-    };
-    let source = image.as_raw();
-    let pixels = match (out_w != in_w, out_h != in_h) {
-        (false, false) => source.clone(),
-        (true, false) => horizontal(source, in_h),
-        (false, true) => vertical(source, in_w),
-        (true, true) if in_w * out_h < out_w * in_h => horizontal(&vertical(source, in_w), out_h),
-        (true, true) => vertical(&horizontal(source, in_h), out_w),
-    };
-    RgbImage::from_raw(width, height, pixels).unwrap_or_else(|| image.clone())
+/// The input indices that output positions `range` of `c` read.
+fn reads(c: &Coefficients, range: &Range<usize>) -> Range<usize> {
+    let taps = &c.taps[range.clone()];
+    let start = taps.iter().map(|&(min, _)| min).min().unwrap_or(0);
+    let end = taps
+        .iter()
+        .map(|&(min, count)| min + count)
+        .max()
+        .unwrap_or(start);
+    start..end
 }
 
-/// Pillow's NEAREST: the source pixel under each output pixel's centre.
-fn nearest(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let sx = f64::from(image.width()) / f64::from(width);
-    let sy = f64::from(image.height()) / f64::from(height);
-    RgbImage::from_fn(width, height, |x, y| {
-        let ix = (((f64::from(x) + 0.5) * sx) as u32).min(image.width() - 1);
-        let iy = (((f64::from(y) + 0.5) * sy) as u32).min(image.height() - 1);
-        *image.get_pixel(ix, iy)
-    })
+/// A rectangle of an image in pixels: `left..left + width` by `top..top + height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub left: usize,
+    pub top: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The `window` of what Pillow's `image.resize((width, height), filter)` gives, computed for
+/// that window alone: a centre crop after a resize then costs the crop's pixels, not the
+/// resized image's. Each output pixel depends only on its own taps, and the passes run in
+/// Pillow's order, so the bytes are those of the whole resize, cropped.
+pub fn resize_window(
+    image: &RgbImage,
+    (width, height): (u32, u32),
+    filter: Filter,
+    window: Window,
+) -> RgbImage {
+    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
+    let (out_w, out_h) = (width as usize, height as usize);
+    let columns = window.left..window.left + window.width;
+    let rows = window.top..window.top + window.height;
+    let pixels = if filter == Filter::Nearest {
+        nearest(image, (out_w, out_h), &columns, &rows)
+    } else {
+        let source = Plane {
+            pixels: image.as_raw(),
+            stride: in_w * 3,
+            origin: (0, 0),
+        };
+        let horizontal = coefficients(in_w, out_w, filter);
+        let vertical = coefficients(in_h, out_h, filter);
+        // Pillow runs first the pass that leaves the smaller intermediate image (ties:
+        // horizontal), and skips a pass whose size does not change.
+        let horizontal_first = in_w * out_h >= out_w * in_h;
+        match (out_w != in_w, out_h != in_h) {
+            (false, false) => crop(source, &columns, &rows),
+            (true, false) => horizontal_pass(source.rows_from(rows.start), rows.len(), &horizontal, columns),
+            (false, true) => {
+                vertical_pass(source.columns_from(columns.start), columns.len(), &vertical, rows)
+            }
+            (true, true) if horizontal_first => {
+                let needed = reads(&vertical, &rows);
+                let across = horizontal_pass(
+                    source.rows_from(needed.start),
+                    needed.len(),
+                    &horizontal,
+                    columns.clone(),
+                );
+                let across = Plane {
+                    pixels: &across,
+                    stride: columns.len() * 3,
+                    origin: (0, needed.start),
+                };
+                vertical_pass(across, columns.len(), &vertical, rows)
+            }
+            (true, true) => {
+                let needed = reads(&horizontal, &columns);
+                let down = vertical_pass(
+                    source.columns_from(needed.start),
+                    needed.len(),
+                    &vertical,
+                    rows.clone(),
+                );
+                let down = Plane {
+                    pixels: &down,
+                    stride: needed.len() * 3,
+                    origin: (needed.start, rows.start),
+                };
+                horizontal_pass(down, rows.len(), &horizontal, columns)
+            }
+        }
+    };
+    RgbImage::from_raw(window.width as u32, window.height as u32, pixels)
+        .unwrap_or_else(|| RgbImage::new(window.width as u32, window.height as u32))
+}
+
+/// The pixels of `columns` x `rows` of `source`, row after row.
+fn crop(source: Plane, columns: &Range<usize>, rows: &Range<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(columns.len() * rows.len() * 3);
+    for y in rows.clone() {
+        out.extend_from_slice(&source.row(y)[columns.start * 3..columns.end * 3]);
+    }
+    out
+}
+
+/// Pillow's NEAREST: the source pixel under each output pixel's centre, for `columns` x `rows`
+/// of an image resized to `out_w` x `out_h`.
+fn nearest(
+    image: &RgbImage,
+    (out_w, out_h): (usize, usize),
+    columns: &Range<usize>,
+    rows: &Range<usize>,
+) -> Vec<u8> {
+    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
+    let sx = in_w as f64 / out_w as f64;
+    let sy = in_h as f64 / out_h as f64;
+    let source = |out: usize, scale: f64, len: usize| {
+        (((out as f64 + 0.5) * scale) as usize).min(len.saturating_sub(1))
+    };
+    let mut out = Vec::with_capacity(columns.len() * rows.len() * 3);
+    for y in rows.clone() {
+        let iy = source(y, sy, in_h);
+        for x in columns.clone() {
+            let ix = source(x, sx, in_w);
+            out.extend_from_slice(&image.as_raw()[(iy * in_w + ix) * 3..][..3]);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -228,31 +354,130 @@ mod tests {
         out
     }
 
-    /// Both passes give Pillow's loop's bytes, downscaling and upscaling, every filter.
-    #[test]
-    fn passes_match_the_reference_loop() {
-        let (width, height) = (37, 29);
+    fn plane(pixels: &[u8], width: usize) -> Plane<'_> {
+        Plane {
+            pixels,
+            stride: width * 3,
+            origin: (0, 0),
+        }
+    }
+
+    fn noise(len: usize) -> Vec<u8> {
         let mut state = 12345u32;
-        let src: Vec<u8> = (0..width * height * 3)
+        (0..len)
             .map(|_| {
                 state = state.wrapping_mul(1664525).wrapping_add(1013904223);
                 (state >> 24) as u8
             })
-            .collect();
+            .collect()
+    }
+
+    /// Both passes give Pillow's loop's bytes, downscaling and upscaling, every filter.
+    #[test]
+    fn passes_match_the_reference_loop() {
+        let (width, height) = (37, 29);
+        let src = noise(width * height * 3);
         for filter in [Filter::Bilinear, Filter::Bicubic] {
             for out_len in [5, 16, 29, 37, 64] {
                 let c = coefficients(width, out_len, filter);
                 assert_eq!(
-                    horizontal_pass(&src, (width, height), out_len, &c),
+                    horizontal_pass(plane(&src, width), height, &c, 0..out_len),
                     reference_pass(&src, (width, height), out_len, true, &c),
                     "horizontal {filter:?} to {out_len}"
                 );
                 let c = coefficients(height, out_len, filter);
                 assert_eq!(
-                    vertical_pass(&src, (width, height), out_len, &c),
+                    vertical_pass(plane(&src, width), width, &c, 0..out_len),
                     reference_pass(&src, (width, height), out_len, false, &c),
                     "vertical {filter:?} to {out_len}"
                 );
+            }
+        }
+    }
+
+    /// A window of a resize is that window of Pillow's whole resize (its passes in Pillow's
+    /// order, by the reference loop), for either pass first, one pass or none, every filter.
+    #[test]
+    fn a_window_is_the_crop_of_the_whole_resize() {
+        let (width, height) = (41, 23);
+        let image = RgbImage::from_raw(width as u32, height as u32, noise(width * height * 3)).unwrap();
+        for filter in [Filter::Nearest, Filter::Bilinear, Filter::Bicubic] {
+            for (out_w, out_h) in [(30, 17), (17, 30), (41, 12), (20, 23), (41, 23), (64, 40), (8, 8)] {
+                let whole = resize_window(
+                    &image,
+                    (out_w as u32, out_h as u32),
+                    filter,
+                    Window {
+                        left: 0,
+                        top: 0,
+                        width: out_w,
+                        height: out_h,
+                    },
+                );
+                if filter != Filter::Nearest {
+                    let across = |pixels: &[u8], rows| {
+                        reference_pass(
+                            pixels,
+                            (width, rows),
+                            out_w,
+                            true,
+                            &coefficients(width, out_w, filter),
+                        )
+                    };
+                    let down = |pixels: &[u8], columns| {
+                        reference_pass(
+                            pixels,
+                            (columns, height),
+                            out_h,
+                            false,
+                            &coefficients(height, out_h, filter),
+                        )
+                    };
+                    let source = image.as_raw();
+                    let want = match (out_w != width, out_h != height) {
+                        (false, false) => source.clone(),
+                        (true, false) => across(source, height),
+                        (false, true) => down(source, width),
+                        (true, true) if width * out_h >= out_w * height => {
+                            let across = across(source, height);
+                            reference_pass(
+                                &across,
+                                (out_w, height),
+                                out_h,
+                                false,
+                                &coefficients(height, out_h, filter),
+                            )
+                        }
+                        (true, true) => {
+                            let down = down(source, width);
+                            reference_pass(
+                                &down,
+                                (width, out_h),
+                                out_w,
+                                true,
+                                &coefficients(width, out_w, filter),
+                            )
+                        }
+                    };
+                    assert_eq!(whole.as_raw(), &want, "{filter:?} to {out_w}x{out_h}");
+                }
+                for (left, top, w, h) in [
+                    (0, 0, 1, 1),
+                    (3, 2, 4, 5),
+                    (out_w - 4, out_h - 3, 4, 3),
+                    (1, 0, out_w - 2, out_h),
+                ] {
+                    let window = Window {
+                        left,
+                        top,
+                        width: w,
+                        height: h,
+                    };
+                    let part = resize_window(&image, (out_w as u32, out_h as u32), filter, window);
+                    let crop = image::imageops::crop_imm(&whole, left as u32, top as u32, w as u32, h as u32)
+                        .to_image();
+                    assert_eq!(part, crop, "{filter:?} to {out_w}x{out_h}, {window:?}");
+                }
             }
         }
     }
