@@ -199,10 +199,10 @@ impl CustomOp2 for DenseOp<'_> {
     }
 }
 
-fn f32_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn f32_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
-        _ => candle_core::bail!("dense: needs contiguous f32 rows, got {:?}", storage.dtype()),
+        _ => candle_core::bail!("needs contiguous f32 rows, got {:?}", storage.dtype()),
     }
 }
 

@@ -18,6 +18,7 @@ use simd::{team, Level};
 use crate::activation::Gelu;
 use crate::attention::{attend_cached, Heads, KvCache, SequenceRows};
 use crate::dense::{Dense, TokenTable};
+use crate::norm::LayerNorm;
 use crate::reading::{Piece, PieceOutput};
 use crate::TextError;
 
@@ -73,19 +74,6 @@ impl Gpt2Config {
 }
 
 #[derive(Debug)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
-    }
-}
-
-#[derive(Debug)]
 struct Block {
     gelu: Gelu,
     ln_1: LayerNorm,
@@ -107,14 +95,14 @@ impl Block {
     ) -> candle_core::Result<Tensor> {
         let qkv = self
             .c_attn
-            .forward(level, &self.ln_1.forward(x)?, Activation::Identity, None)?;
+            .forward(level, &self.ln_1.forward(level, x)?, Activation::Identity, None)?;
         let attended = attend(&qkv)?;
         let x = self
             .attn_proj
             .forward(level, &attended, Activation::Identity, Some(x))?;
         let hidden = self
             .c_fc
-            .forward(level, &self.ln_2.forward(&x)?, self.gelu.epilogue(), None)?;
+            .forward(level, &self.ln_2.forward(level, &x)?, self.gelu.epilogue(), None)?;
         let hidden = self.gelu.after_epilogue(hidden)?;
         self.mlp_proj
             .forward(level, &hidden, Activation::Identity, Some(&x))
@@ -168,6 +156,11 @@ impl Gpt2 {
             WeightPrecision::Bf16 => TokenTable::bf16(&wte, config.vocab_size, d),
         };
         let wpe = TokenTable::f32(weights.values("wpe.weight", &[config.n_positions, d])?);
+        let norm = |name: &str| -> Result<LayerNorm, TextError> {
+            let weight = weights.values(&format!("{name}.weight"), &[d])?.to_vec();
+            let bias = weights.values(&format!("{name}.bias"), &[d])?.to_vec();
+            Ok(LayerNorm::new(weight, bias, eps as f32))
+        };
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let p = format!("h.{i}");
@@ -179,28 +172,17 @@ impl Gpt2 {
                     WeightPrecision::Bf16 => Dense::bf16(level, &weight, bias, inputs, outputs),
                 })
             };
-            let norm = |name: &str| -> Result<LayerNorm, TextError> {
-                Ok(LayerNorm {
-                    weight: weights.tensor(&format!("{p}.{name}.weight"), &[d])?,
-                    bias: weights.tensor(&format!("{p}.{name}.bias"), &[d])?,
-                    eps,
-                })
-            };
             blocks.push(Block {
                 gelu,
-                ln_1: norm("ln_1")?,
+                ln_1: norm(&format!("{p}.ln_1"))?,
                 c_attn: linear("attn.c_attn", d, 3 * d)?,
                 attn_proj: linear("attn.c_proj", d, d)?,
-                ln_2: norm("ln_2")?,
+                ln_2: norm(&format!("{p}.ln_2"))?,
                 c_fc: linear("mlp.c_fc", d, 4 * d)?,
                 mlp_proj: linear("mlp.c_proj", 4 * d, d)?,
             });
         }
-        let ln_f = LayerNorm {
-            weight: weights.tensor("ln_f.weight", &[d])?,
-            bias: weights.tensor("ln_f.bias", &[d])?,
-            eps,
-        };
+        let ln_f = norm("ln_f")?;
         Ok(Self {
             config,
             level,
@@ -406,7 +388,7 @@ impl Gpt2 {
         for (layer, block) in self.blocks.iter().enumerate() {
             x = block.forward(self.level, &x, |qkv| attend(layer, qkv))?;
         }
-        Ok(self.ln_f.forward(&x)?)
+        Ok(self.ln_f.forward(self.level, &x)?)
     }
 
     fn heads(&self) -> Heads {
@@ -503,15 +485,5 @@ impl WeightsOf<'_> {
         self.file
             .f32_values(&found)
             .map_err(|e| TextError::Weights(e.to_string()))
-    }
-
-    /// A small f32 tensor of its own (norms).
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, TextError> {
-        let found = self.check(name, shape)?;
-        let tensor = self
-            .file
-            .tensor(&found)
-            .map_err(|e| TextError::Weights(e.to_string()))?;
-        Ok(tensor.to_dtype(DType::F32)?)
     }
 }

@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod generate;
 pub mod gpt2;
 mod matvec;
+mod norm;
 pub mod reading;
 pub mod retrieval;
 pub mod sampling;
