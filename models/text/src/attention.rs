@@ -5,8 +5,10 @@
 //! softmax), each with its own allocation: a millisecond of a lone decode step and a tenth of
 //! a step of 16 sequences. Here every sequence's new row writes its keys and values straight
 //! into its cache and attends in one pass per head, all heads of all sequences in one parallel
-//! loop. Rows of a prompt attend through candle's matrix products, with the scale, the causal
-//! mask and the softmax between them in one vectorised pass over the scores ([`CausalSoftmax`]).
+//! loop; so do the rows of a prompt, each over the cache up to its own position. Rows without
+//! a cache (a passage read whole) attend through candle's matrix products, with the scale, the
+//! causal mask and the softmax between them in one vectorised pass over the scores
+//! ([`CausalSoftmax`]).
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
 use simd::dot::dots;
@@ -114,22 +116,6 @@ impl LayerCache {
         let len = total * heads.dim;
         (&self.keys[start..start + len], &self.values[start..start + len])
     }
-
-    /// The keys and values of the first `total` positions as (heads, total, head_dim) tensors,
-    /// copied out of the buffers (only the filled positions).
-    fn tensors(&self, total: usize, heads: Heads) -> candle_core::Result<(Tensor, Tensor)> {
-        let filled = |buffer: &[f32]| -> Vec<f32> {
-            (0..heads.count)
-                .flat_map(|h| &buffer[h * self.capacity * heads.dim..][..total * heads.dim])
-                .copied()
-                .collect()
-        };
-        let shape = (heads.count, total, heads.dim);
-        Ok((
-            Tensor::from_vec(filled(&self.keys), shape, &Device::Cpu)?,
-            Tensor::from_vec(filled(&self.values), shape, &Device::Cpu)?,
-        ))
-    }
 }
 
 /// One sequence's rows in a batch: from row `offset`, `len` of them, after the `past`
@@ -175,36 +161,34 @@ pub(crate) fn attend_cached(
             }
         }
         let mut out_rows: Vec<&mut [f32]> = out.chunks_mut(d).collect();
-        // Every head of every lone new row, each a task.
-        let mut single = Vec::new();
+        // Every head of every new row of a sequence with a cache, each a task: the row attends
+        // over the cache up to its own position, the causal mask by construction.
+        let mut tasks = Vec::new();
         for (sequence, layer) in sequences.iter().zip(layers.iter()) {
-            if let (1, Some(layer)) = (sequence.len, layer) {
-                let query = &qkv_rows[sequence.offset * 3 * d..][..d];
-                let row = std::mem::take(&mut out_rows[sequence.offset]);
-                let total = sequence.past + 1;
-                single.extend(row.chunks_mut(heads.dim).enumerate().map(|(h, out)| {
+            let Some(layer) = layer else { continue };
+            for i in 0..sequence.len {
+                let row = sequence.offset + i;
+                let query = &qkv_rows[row * 3 * d..][..d];
+                let seen = sequence.past + i + 1;
+                let out = std::mem::take(&mut out_rows[row]);
+                tasks.extend(out.chunks_mut(heads.dim).enumerate().map(|(h, out)| {
                     (
                         out,
                         &query[h * heads.dim..][..heads.dim],
-                        layer.head(h, total, heads),
+                        layer.head(h, seen, heads),
                     )
                 }));
             }
         }
-        team::for_each_mut(&mut single, |(out, query, (keys, values))| {
+        team::for_each_mut(&mut tasks, |(out, query, (keys, values))| {
             attend_one(level, query, keys, values, out);
         });
     }
     for (sequence, layer) in sequences.iter().zip(layers.iter()) {
-        let rows = qkv.narrow(0, sequence.offset, sequence.len)?;
-        let attended = match layer {
-            None => attend_alone(level, &rows, heads)?,
-            Some(_) if sequence.len == 1 => continue,
-            Some(layer) => {
-                let (keys, values) = layer.tensors(sequence.past + sequence.len, heads)?;
-                causal(level, &split_heads(&rows, 0, heads)?, &keys, &values, heads)?
-            }
-        };
+        if layer.is_some() {
+            continue;
+        }
+        let attended = attend_alone(level, &qkv.narrow(0, sequence.offset, sequence.len)?, heads)?;
         let attended = attended.flatten_all()?.to_vec1::<f32>()?;
         out[sequence.offset * d..][..attended.len()].copy_from_slice(&attended);
     }
