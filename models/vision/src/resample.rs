@@ -234,18 +234,26 @@ pub fn resize_window(
             stride: in_w * 3,
             origin: (0, 0),
         };
-        let horizontal = coefficients(in_w, out_w, filter);
-        let vertical = coefficients(in_h, out_h, filter);
         // Pillow runs first the pass that leaves the smaller intermediate image (ties:
-        // horizontal), and skips a pass whose size does not change.
+        // horizontal), and skips a pass whose size does not change: a photo already at the
+        // resize's size (the usual case for a dataset's photos) is only cropped, and computes
+        // no coefficients.
         let horizontal_first = in_w * out_h >= out_w * in_h;
+        let horizontal = || coefficients(in_w, out_w, filter);
+        let vertical = || coefficients(in_h, out_h, filter);
         match (out_w != in_w, out_h != in_h) {
             (false, false) => crop(source, &columns, &rows),
-            (true, false) => horizontal_pass(source.rows_from(rows.start), rows.len(), &horizontal, columns),
-            (false, true) => {
-                vertical_pass(source.columns_from(columns.start), columns.len(), &vertical, rows)
+            (true, false) => {
+                horizontal_pass(source.rows_from(rows.start), rows.len(), &horizontal(), columns)
             }
+            (false, true) => vertical_pass(
+                source.columns_from(columns.start),
+                columns.len(),
+                &vertical(),
+                rows,
+            ),
             (true, true) if horizontal_first => {
+                let (horizontal, vertical) = (horizontal(), vertical());
                 let needed = reads(&vertical, &rows);
                 let across = horizontal_pass(
                     source.rows_from(needed.start),
@@ -261,6 +269,7 @@ pub fn resize_window(
                 vertical_pass(across, columns.len(), &vertical, rows)
             }
             (true, true) => {
+                let (horizontal, vertical) = (horizontal(), vertical());
                 let needed = reads(&horizontal, &columns);
                 let down = vertical_pass(
                     source.columns_from(needed.start),
