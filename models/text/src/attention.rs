@@ -233,6 +233,10 @@ fn causal(
         .reshape((new, heads.width()))
 }
 
+/// Vectors of a value row that [`attend_one`] sums at once: a whole head of 64 at AVX-512,
+/// eight sums with the even and odd positions', which leaves registers for the loads at AVX2.
+const VALUE_VECTORS: usize = 4;
+
 /// Score rows per parallel task of [`CausalSoftmax`].
 const SOFTMAX_ROWS_PER_TASK: usize = 32;
 
@@ -345,7 +349,8 @@ impl Kernel for AttendOne<'_> {
         let mut scores = vec![0f32; positions];
         // SAFETY: the level's instructions (the trait's contract) for all below; every
         // vector access lies within `scores`, a value row or `out` (`load_part` and
-        // `store_part` take the partial ends).
+        // `store_part` take the partial ends; a vector of no lanes past a row's end, whose
+        // address is only computed, reads and writes nothing).
         unsafe {
             let mut p = 0;
             while p + 4 <= positions {
@@ -365,28 +370,46 @@ impl Kernel for AttendOne<'_> {
                     scale: 1.0,
                 }
                 .run::<V>();
-            // Two sums per vector of dimensions, even and odd positions, so that consecutive
-            // multiply-adds do not wait for each other.
-            for c in (0..d).step_by(V::LANES) {
-                let lanes = V::LANES.min(d - c);
-                let (mut even, mut odd) = (V::zero(), V::zero());
+            // The weighted sum of the value rows, [`VALUE_VECTORS`] vectors of dimensions at a
+            // time (a head of 64 at AVX-512: the whole row), so that each row is read whole
+            // and in order: a vector at a time over every position read one cache line of
+            // each row per pass, rows a head apart, and waited on memory. Two sums per vector,
+            // even and odd positions, so that consecutive multiply-adds do not wait for each
+            // other.
+            for c in (0..d).step_by(VALUE_VECTORS * V::LANES) {
+                // Lanes of each vector of the group: a head narrower than the group leaves
+                // vectors of none, which read and write nothing.
+                let lanes: [usize; VALUE_VECTORS] =
+                    std::array::from_fn(|v| V::LANES.min((d - c).saturating_sub(v * V::LANES)));
+                let at = |p: usize, v: usize| p * d + c + v * V::LANES;
+                let mut even = [V::zero(); VALUE_VECTORS];
+                let mut odd = [V::zero(); VALUE_VECTORS];
                 let mut p = 0;
                 while p + 2 <= positions {
-                    let (a, b) = (
-                        values.as_ptr().add(p * d + c),
-                        values.as_ptr().add((p + 1) * d + c),
-                    );
-                    even = V::splat(scores[p]).mul_add(V::load_part(a, lanes), even);
-                    odd = V::splat(scores[p + 1]).mul_add(V::load_part(b, lanes), odd);
+                    let (a, b) = (V::splat(scores[p]), V::splat(scores[p + 1]));
+                    for v in 0..VALUE_VECTORS {
+                        let (x, y) = (
+                            values.as_ptr().wrapping_add(at(p, v)),
+                            values.as_ptr().wrapping_add(at(p + 1, v)),
+                        );
+                        even[v] = a.mul_add(V::load_part(x, lanes[v]), even[v]);
+                        odd[v] = b.mul_add(V::load_part(y, lanes[v]), odd[v]);
+                    }
                     p += 2;
                 }
                 if p < positions {
-                    even = V::splat(scores[p])
-                        .mul_add(V::load_part(values.as_ptr().add(p * d + c), lanes), even);
+                    let a = V::splat(scores[p]);
+                    for v in 0..VALUE_VECTORS {
+                        let x = values.as_ptr().wrapping_add(at(p, v));
+                        even[v] = a.mul_add(V::load_part(x, lanes[v]), even[v]);
+                    }
                 }
-                even.add(odd)
-                    .mul(V::splat(inverse))
-                    .store_part(out.as_mut_ptr().add(c), lanes);
+                for v in 0..VALUE_VECTORS {
+                    even[v]
+                        .add(odd[v])
+                        .mul(V::splat(inverse))
+                        .store_part(out.as_mut_ptr().wrapping_add(c + v * V::LANES), lanes[v]);
+                }
             }
         }
     }
@@ -396,13 +419,14 @@ impl Kernel for AttendOne<'_> {
 mod tests {
     use super::*;
 
-    /// One query over 1 to 70 positions, head widths that are and are not whole vectors, at
-    /// every level this CPU has: the softmax-weighted values of the plain formula.
+    /// One query over 1 to 70 positions, head widths that are and are not whole vectors (one
+    /// wider than a group of value vectors), at every level this CPU has: the softmax-weighted
+    /// values of the plain formula.
     #[test]
     fn one_query_attends_as_the_formula_says() {
         let value = |i: usize| ((i * 2654435761) % 1000) as f32 / 250.0 - 2.0;
         for level in Level::supported() {
-            for d in [64, 40] {
+            for d in [64, 40, 136] {
                 for positions in [1, 2, 3, 5, 17, 70] {
                     let q: Vec<f32> = (0..d).map(value).collect();
                     let keys: Vec<f32> = (0..positions * d).map(|i| value(i + 7)).collect();
