@@ -56,9 +56,11 @@ fn main() -> anyhow::Result<()> {
     }
     let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i * 7919) % 50_000).collect();
     // The prompt read into a fresh cache and its first token chosen, as llama-bench times it:
-    // once untimed, then the median of `--repeats` runs.
+    // once untimed, then the median of `--repeats` runs. The cache holds room for the decode,
+    // as a generation's does (and as llama.cpp's context does).
     let prefill_once = || -> anyhow::Result<(KvCache, u32)> {
         let mut cache = KvCache::default();
+        cache.reserve(args.prompt + args.tokens);
         let logits = model.next_logits(&prompt, &mut cache)?;
         Ok((cache, logits.get(0)?.argmax(0)?.to_scalar::<u32>()?))
     };

@@ -94,11 +94,20 @@ impl<'a> Generation<'a> {
         let sampler = Sampler::new(options.sampling.clone());
         let stops = StopMatcher::new(options.stop.clone());
         let finish = (options.max_tokens == 0).then_some(FinishReason::Length);
+        // Room for the whole generation at once, up to the context: grown by doubling, the
+        // cache of a 128-token prompt was copied to fresh pages at the first generated token.
+        let mut cache = KvCache::default();
+        cache.reserve(
+            prompt
+                .len()
+                .saturating_add(options.max_tokens)
+                .min(model.config().n_positions),
+        );
         Ok(Self {
             model,
             tokenizer,
             options,
-            cache: KvCache::default(),
+            cache,
             sampler,
             prompt,
             prompt_read: 0,
