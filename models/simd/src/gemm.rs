@@ -916,7 +916,7 @@ mod pairs {
 
     use half::bf16;
 
-    use super::{panel_vectors, tile_rows, Activation, Epilogue, Output, Weight, Weights};
+    use super::{panel_vectors, tile_rows, Activation, Epilogue, Output, Weight, Weights, ROW_STREAMS};
     use crate::Avx512;
 
     /// `a` (rows, k) as words of two bf16, inputs `2i` (low half) and `2i + 1`, the last
@@ -981,6 +981,28 @@ mod pairs {
         debug_assert_eq!(panel, panel_vectors(16) * 16);
         let pairs = w.inputs.div_ceil(2);
         let panel_len = w.panel_len();
+        let mut panels = panels;
+        // A lone row (a decode step): four whole panels at a time.
+        if rows.len() == 1 {
+            let whole = panels.start..panels.end.min(n / panel);
+            let groups = whole.len() / ROW_STREAMS;
+            let x = &a16[rows.start * pairs..][..pairs];
+            for g in 0..groups {
+                // SAFETY: the caller's level, rows and panels; these panels are whole.
+                unsafe {
+                    one_row(
+                        x,
+                        w,
+                        whole.start + g * ROW_STREAMS,
+                        activation,
+                        residual,
+                        rows.start,
+                        out,
+                    )
+                };
+            }
+            panels.start = whole.start + groups * ROW_STREAMS;
+        }
         for p in panels {
             let first = p * panel;
             let tile = PairTile {
@@ -1008,6 +1030,60 @@ mod pairs {
                 };
                 // SAFETY: the caller's level and rows; the reads lie in the slices above.
                 unsafe { tile.compute(out.0.add(start * n + first)) };
+            }
+        }
+    }
+
+    /// Row `row` of the output for its activation pairs `x` against whole pair-packed panels
+    /// `first..first + ROW_STREAMS`: four far-apart weight streams, as the f32 product's
+    /// `one_row` reads them (one panel at a time is one stream, which the prefetchers serve
+    /// more slowly), and four panels' sums, so that twelve chains of `vdpbf16ps` overlap. Each
+    /// sum adds its pairs in the order a one-row tile does.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 BF16; `w` must hold pairs, these panels whole; no other task
+    /// may write these columns of the row.
+    #[inline(always)]
+    unsafe fn one_row<W: Weight>(
+        x: &[u32],
+        w: &Weights<W>,
+        first: usize,
+        activation: Activation,
+        residual: Option<&[f32]>,
+        row: usize,
+        out: Output,
+    ) {
+        let (n, panel, panel_len) = (w.outputs, w.panel, w.panel_len());
+        // SAFETY: the caller's level; every read lies in panel `first + s` (`x.len()` pairs
+        // of 48 words), its bias' three vectors, and the residual's and output's columns.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 3]; ROW_STREAMS];
+            let mut streams = [std::ptr::null::<u32>(); ROW_STREAMS];
+            for (s, (sums, stream)) in acc.iter_mut().zip(&mut streams).enumerate() {
+                *stream = w.panels[(first + s) * panel_len..].as_ptr().cast::<u32>();
+                for (v, sum) in sums.iter_mut().enumerate() {
+                    *sum = _mm512_loadu_ps(w.bias.as_ptr().add((first + s) * panel + 16 * v));
+                }
+            }
+            for (i, &word) in x.iter().enumerate() {
+                let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(word as i32));
+                for (sums, stream) in acc.iter_mut().zip(&streams) {
+                    for (v, sum) in sums.iter_mut().enumerate() {
+                        let weights = _mm512_loadu_si512(stream.add(i * 48 + 16 * v).cast());
+                        *sum =
+                            _mm512_dpbf16_ps(*sum, pair, std::mem::transmute::<__m512i, __m512bh>(weights));
+                    }
+                }
+            }
+            for (s, sums) in acc.into_iter().enumerate() {
+                let column = (first + s) * panel;
+                let epilogue = Epilogue {
+                    activation,
+                    residual: residual.map(|r| r[row * n + column..].as_ptr()),
+                    n,
+                    columns: panel,
+                };
+                epilogue.store::<Avx512, 1, 3>([sums.map(Avx512)], out.0.add(row * n + column));
             }
         }
     }
@@ -1479,6 +1555,7 @@ mod tests {
                 (13, 33, 65),
                 // A lone row over groups of whole panels and the rest.
                 (1, 37, 480),
+                (1, 37, 960),
                 (1, 64, 1000),
             ]
             .iter()
