@@ -582,10 +582,8 @@ impl<W: Weight> Kernel for Task<'_, W> {
         let mut panels = panels;
         // A lone row (a decode step) over packed weights: four whole panels at a time.
         if let (Source::Packed(w), 1) = (source, rows.len()) {
-            let whole = panels.start..panels.end.min(n / panel);
-            let groups = whole.len() / ROW_STREAMS;
-            for g in 0..groups {
-                let first = whole.start + g * ROW_STREAMS;
+            let (groups, rest) = row_stream_groups(panels, n / panel);
+            for first in groups {
                 // SAFETY: the level's instructions; panels `first..first + ROW_STREAMS` are
                 // whole, and this task writes their columns of its row.
                 unsafe {
@@ -600,7 +598,7 @@ impl<W: Weight> Kernel for Task<'_, W> {
                     )
                 };
             }
-            panels.start = whole.start + groups * ROW_STREAMS;
+            panels = rest;
         }
         for p in panels.clone() {
             let first = p * panel;
@@ -664,6 +662,17 @@ impl<W: Weight> Kernel for Task<'_, W> {
 /// hardware prefetchers serve faster than one, and four panels' sums to hide the multiply-add
 /// latency that a lone row's three sums would wait on.
 const ROW_STREAMS: usize = 4;
+
+/// The first panel of each group of [`ROW_STREAMS`] whole panels (the first `whole` of the
+/// product) in `panels`, which a lone row reads at once, and the panels left for the tiles.
+fn row_stream_groups(
+    panels: std::ops::Range<usize>,
+    whole: usize,
+) -> (impl Iterator<Item = usize>, std::ops::Range<usize>) {
+    let groups = panels.end.min(whole).saturating_sub(panels.start) / ROW_STREAMS;
+    let rest = panels.start + groups * ROW_STREAMS..panels.end;
+    ((0..groups).map(move |g| panels.start + g * ROW_STREAMS), rest)
+}
 
 /// Row `row` of the output for activations `x` (its one row) against whole packed panels
 /// `first..first + ROW_STREAMS`.
@@ -916,7 +925,10 @@ mod pairs {
 
     use half::bf16;
 
-    use super::{panel_vectors, tile_rows, Activation, Epilogue, Output, Weight, Weights, ROW_STREAMS};
+    use super::{
+        panel_vectors, row_stream_groups, tile_rows, Activation, Epilogue, Output, Weight, Weights,
+        ROW_STREAMS,
+    };
     use crate::Avx512;
 
     /// `a` (rows, k) as words of two bf16, inputs `2i` (low half) and `2i + 1`, the last
@@ -984,24 +996,13 @@ mod pairs {
         let mut panels = panels;
         // A lone row (a decode step): four whole panels at a time.
         if rows.len() == 1 {
-            let whole = panels.start..panels.end.min(n / panel);
-            let groups = whole.len() / ROW_STREAMS;
+            let (groups, rest) = row_stream_groups(panels, n / panel);
             let x = &a16[rows.start * pairs..][..pairs];
-            for g in 0..groups {
+            for first in groups {
                 // SAFETY: the caller's level, rows and panels; these panels are whole.
-                unsafe {
-                    one_row(
-                        x,
-                        w,
-                        whole.start + g * ROW_STREAMS,
-                        activation,
-                        residual,
-                        rows.start,
-                        out,
-                    )
-                };
+                unsafe { one_row(x, w, first, activation, residual, rows.start, out) };
             }
-            panels.start = whole.start + groups * ROW_STREAMS;
+            panels = rest;
         }
         for p in panels {
             let first = p * panel;
