@@ -776,10 +776,12 @@ impl<W: Weight> Tile<W> {
             unsafe {
                 match (W::IS_F32, self.epilogue.columns) {
                     (true, 33..) => whole_tile::avx512_8x48(self, out),
-                    (true, 17..=32) => whole_tile::avx512_8x32(self, out),
+                    (true, 25..=32) => whole_tile::avx512_8x32(self, out),
+                    (true, 17..=24) => whole_tile::avx512_8x24(self, out),
                     (true, _) => whole_tile::avx512_8x16(self, out),
                     (false, 33..) => whole_tile::avx512_8x48_bf16(self, out),
-                    (false, 17..=32) => whole_tile::avx512_8x32_bf16(self, out),
+                    (false, 25..=32) => whole_tile::avx512_8x32_bf16(self, out),
+                    (false, 17..=24) => whole_tile::avx512_8x24_bf16(self, out),
                     (false, _) => whole_tile::avx512_8x16_bf16(self, out),
                 }
             }
@@ -1279,17 +1281,30 @@ mod whole_tile {
     use super::{Tile, Weight};
     use crate::{Avx2, Avx512};
 
+    /// The operand modifier that names a register's `ymm` half (`y`), or none (`z`).
+    macro_rules! half {
+        (z) => {
+            ""
+        };
+        (y) => {
+            ":y"
+        };
+    }
+
     /// One 8-row tile in assembly: `load` fills the weight registers (`zmm24`.. for the
     /// `vectors` named in `weights`) from `[{w}]`, `weight_row_bytes` steps `{w}` to the next
     /// input, and `rows` names each row's sums, one per weight register. The eight rows are
     /// addressed from `{a}` (rows 0-3) and `{b}` (rows 4-7) with the stride `{lda}`, and
-    /// their broadcasts rotate through `zmm27`-`zmm31`.
+    /// their broadcasts rotate through `zmm27`-`zmm31`. A weight register named as `ymm`
+    /// (`weights: [.., "ymm25" y]`) is a half vector: its sums' multiply-adds take the `ymm`
+    /// halves of their registers (which zeroes the upper ones), at half the cost of whole
+    /// ones on a CPU that splits 512-bit operations in two.
     macro_rules! tile_8_rows {
         (
             $(#[$attr:meta])*
             $name:ident,
             load: [$($load:literal),+ $(,)?],
-            weights: [$($w:literal),+],
+            weights: [$($w:literal $x:ident),+],
             weight_row_bytes: $step:literal,
             rows: [$($r0:ident),+] [$($r1:ident),+] [$($r2:ident),+] [$($r3:ident),+]
                   [$($r4:ident),+] [$($r5:ident),+] [$($r6:ident),+] [$($r7:ident),+] $(,)?
@@ -1322,21 +1337,21 @@ mod whole_tile {
                         "add {pf}, {pfs}",
                         $($load,)+
                         "vbroadcastss zmm27, dword ptr [{a}]",
-                        $(concat!("vfmadd231ps {", stringify!($r0), "}, ", $w, ", zmm27"),)+
+                        $(concat!("vfmadd231ps {", stringify!($r0), half!($x), "}, ", $w, ", ", stringify!($x), "mm27"),)+
                         "vbroadcastss zmm28, dword ptr [{a} + {lda}]",
-                        $(concat!("vfmadd231ps {", stringify!($r1), "}, ", $w, ", zmm28"),)+
+                        $(concat!("vfmadd231ps {", stringify!($r1), half!($x), "}, ", $w, ", ", stringify!($x), "mm28"),)+
                         "vbroadcastss zmm29, dword ptr [{a} + {lda} * 2]",
-                        $(concat!("vfmadd231ps {", stringify!($r2), "}, ", $w, ", zmm29"),)+
+                        $(concat!("vfmadd231ps {", stringify!($r2), half!($x), "}, ", $w, ", ", stringify!($x), "mm29"),)+
                         "vbroadcastss zmm30, dword ptr [{a} + {lda3}]",
-                        $(concat!("vfmadd231ps {", stringify!($r3), "}, ", $w, ", zmm30"),)+
+                        $(concat!("vfmadd231ps {", stringify!($r3), half!($x), "}, ", $w, ", ", stringify!($x), "mm30"),)+
                         "vbroadcastss zmm31, dword ptr [{b}]",
-                        $(concat!("vfmadd231ps {", stringify!($r4), "}, ", $w, ", zmm31"),)+
+                        $(concat!("vfmadd231ps {", stringify!($r4), half!($x), "}, ", $w, ", ", stringify!($x), "mm31"),)+
                         "vbroadcastss zmm27, dword ptr [{b} + {lda}]",
-                        $(concat!("vfmadd231ps {", stringify!($r5), "}, ", $w, ", zmm27"),)+
+                        $(concat!("vfmadd231ps {", stringify!($r5), half!($x), "}, ", $w, ", ", stringify!($x), "mm27"),)+
                         "vbroadcastss zmm28, dword ptr [{b} + {lda} * 2]",
-                        $(concat!("vfmadd231ps {", stringify!($r6), "}, ", $w, ", zmm28"),)+
+                        $(concat!("vfmadd231ps {", stringify!($r6), half!($x), "}, ", $w, ", ", stringify!($x), "mm28"),)+
                         "vbroadcastss zmm29, dword ptr [{b} + {lda3}]",
-                        $(concat!("vfmadd231ps {", stringify!($r7), "}, ", $w, ", zmm29"),)+
+                        $(concat!("vfmadd231ps {", stringify!($r7), half!($x), "}, ", $w, ", ", stringify!($x), "mm29"),)+
                         "add {a}, 4",
                         "add {b}, 4",
                         concat!("add {w}, ", $step),
@@ -1470,7 +1485,7 @@ mod whole_tile {
         /// The 8-row tile of 1 vector (16 columns, the last partial where the panel ends), f32 weights.
         avx512_8x16,
         load: ["vmovups zmm24, [{w}]"],
-        weights: ["zmm24"],
+        weights: ["zmm24" z],
         weight_row_bytes: "192",
         rows: [a0] [a1] [a2] [a3] [a4] [a5] [a6] [a7],
     }
@@ -1479,7 +1494,17 @@ mod whole_tile {
         /// The 8-row tile of 2 vectors (32 columns, the last partial where the panel ends), f32 weights.
         avx512_8x32,
         load: ["vmovups zmm24, [{w}]", "vmovups zmm25, [{w} + 64]"],
-        weights: ["zmm24", "zmm25"],
+        weights: ["zmm24" z, "zmm25" z],
+        weight_row_bytes: "192",
+        rows: [a0, a1] [a2, a3] [a4, a5] [a6, a7] [a8, a9] [a10, a11] [a12, a13] [a14, a15],
+    }
+
+    tile_8_rows! {
+        /// The 8-row tile of a vector and a half (24 columns, the last partial where the panel
+        /// ends), f32 weights: 24 of a 32-column tile's multiply-adds.
+        avx512_8x24,
+        load: ["vmovups zmm24, [{w}]", "vmovups ymm25, [{w} + 64]"],
+        weights: ["zmm24" z, "ymm25" y],
         weight_row_bytes: "192",
         rows: [a0, a1] [a2, a3] [a4, a5] [a6, a7] [a8, a9] [a10, a11] [a12, a13] [a14, a15],
     }
@@ -1488,7 +1513,7 @@ mod whole_tile {
         /// The 8-row tile of 3 vectors (48 columns, the last partial where the panel ends), f32 weights.
         avx512_8x48,
         load: ["vmovups zmm24, [{w}]", "vmovups zmm25, [{w} + 64]", "vmovups zmm26, [{w} + 128]"],
-        weights: ["zmm24", "zmm25", "zmm26"],
+        weights: ["zmm24" z, "zmm25" z, "zmm26" z],
         weight_row_bytes: "192",
         rows: [a0, a1, a2] [a3, a4, a5] [a6, a7, a8] [a9, a10, a11]
               [a12, a13, a14] [a15, a16, a17] [a18, a19, a20] [a21, a22, a23],
@@ -1499,7 +1524,7 @@ mod whole_tile {
         /// to 32 bits and shifted into the high half, which is the f32 of the same value).
         avx512_8x16_bf16,
         load: ["vpmovzxwd zmm24, [{w}]", "vpslld zmm24, zmm24, 16"],
-        weights: ["zmm24"],
+        weights: ["zmm24" z],
         weight_row_bytes: "96",
         rows: [a0] [a1] [a2] [a3] [a4] [a5] [a6] [a7],
     }
@@ -1511,7 +1536,19 @@ mod whole_tile {
             "vpmovzxwd zmm24, [{w}]", "vpslld zmm24, zmm24, 16",
             "vpmovzxwd zmm25, [{w} + 32]", "vpslld zmm25, zmm25, 16",
         ],
-        weights: ["zmm24", "zmm25"],
+        weights: ["zmm24" z, "zmm25" z],
+        weight_row_bytes: "96",
+        rows: [a0, a1] [a2, a3] [a4, a5] [a6, a7] [a8, a9] [a10, a11] [a12, a13] [a14, a15],
+    }
+
+    tile_8_rows! {
+        /// The 8-row tile of a vector and a half, bf16 weights (widened as they are loaded).
+        avx512_8x24_bf16,
+        load: [
+            "vpmovzxwd zmm24, [{w}]", "vpslld zmm24, zmm24, 16",
+            "vpmovzxwd ymm25, [{w} + 32]", "vpslld ymm25, ymm25, 16",
+        ],
+        weights: ["zmm24" z, "ymm25" y],
         weight_row_bytes: "96",
         rows: [a0, a1] [a2, a3] [a4, a5] [a6, a7] [a8, a9] [a10, a11] [a12, a13] [a14, a15],
     }
@@ -1524,7 +1561,7 @@ mod whole_tile {
             "vpmovzxwd zmm25, [{w} + 32]", "vpslld zmm25, zmm25, 16",
             "vpmovzxwd zmm26, [{w} + 64]", "vpslld zmm26, zmm26, 16",
         ],
-        weights: ["zmm24", "zmm25", "zmm26"],
+        weights: ["zmm24" z, "zmm25" z, "zmm26" z],
         weight_row_bytes: "96",
         rows: [a0, a1, a2] [a3, a4, a5] [a6, a7, a8] [a9, a10, a11]
               [a12, a13, a14] [a15, a16, a17] [a18, a19, a20] [a21, a22, a23],
